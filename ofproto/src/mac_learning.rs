@@ -220,11 +220,16 @@ impl MacTable {
 
     /// Forgets every address learned on `port` (the port was deleted or reconfigured).
     pub fn flush_port(&mut self, port: PortNo) -> usize {
+        self.retain_ports(|p| p != port)
+    }
+
+    /// Keeps only entries whose port satisfies `keep`; returns how many were removed.
+    pub fn retain_ports(&mut self, mut keep: impl FnMut(PortNo) -> bool) -> usize {
         let victims: Vec<u32> = self
             .index
             .values()
             .copied()
-            .filter(|&i| self.slots[i as usize].port == port)
+            .filter(|&i| !keep(self.slots[i as usize].port))
             .collect();
         for &v in &victims {
             self.remove_slot(v);

@@ -1,0 +1,529 @@
+//! Test harness for vswitch integration tests: network namespaces as hosts, veth
+//! pairs, the real `vswitchd` and `vsctl` binaries, and raw AF_PACKET sockets for
+//! exact-bytes send and capture.
+//!
+//! Every object is a guard that removes what it created when dropped, including
+//! during a panic, and every name carries a per-process unique suffix so parallel
+//! tests and parallel runs never collide. Tests need root.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// A short name unique to this process and call, fit for an interface (≤ 15 bytes).
+pub fn uniq(tag: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let name = format!("{tag}{:05x}{n:x}", std::process::id() & 0xfffff);
+    assert!(name.len() <= 15, "name {name} too long");
+    name
+}
+
+/// Path of a workspace binary, next to the test executable's `deps/` directory.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let p = dir.join(name);
+    assert!(
+        p.exists(),
+        "{} not built; run `cargo build --workspace` first",
+        p.display()
+    );
+    p
+}
+
+/// Runs a shell command, returning its output.
+pub fn sh(cmd: &str) -> Output {
+    Command::new("sh").arg("-c").arg(cmd).output().expect("sh")
+}
+
+/// Runs a shell command that must succeed.
+pub fn sh_ok(cmd: &str) -> String {
+    let o = sh(cmd);
+    assert!(
+        o.status.success(),
+        "`{cmd}` failed: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+/// Polls `f` until it returns `Some` or `timeout` passes.
+pub fn wait_for<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            start.elapsed() < timeout,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A network namespace, deleted on drop (which also deletes the veth ends inside).
+pub struct Netns {
+    pub name: String,
+}
+
+impl Netns {
+    pub fn new(tag: &str) -> Netns {
+        let name = format!("vst-{}", uniq(tag));
+        sh_ok(&format!("ip netns add {name}"));
+        sh_ok(&format!("ip -n {name} link set lo up"));
+        Netns { name }
+    }
+
+    pub fn exec(&self, cmd: &str) -> Output {
+        sh(&format!("ip netns exec {} {cmd}", self.name))
+    }
+
+    pub fn exec_ok(&self, cmd: &str) -> String {
+        sh_ok(&format!("ip netns exec {} {cmd}", self.name))
+    }
+
+    /// Runs `f` on a thread that has entered this namespace; sockets it opens live there.
+    pub fn run<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        let path = format!("/var/run/netns/{}", self.name);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                enter_netns(&path);
+                f()
+            })
+            .join()
+            .expect("thread in netns panicked")
+        })
+    }
+
+    /// Spawns a thread inside this namespace (for servers).
+    pub fn spawn<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
+        let path = format!("/var/run/netns/{}", self.name);
+        std::thread::spawn(move || {
+            enter_netns(&path);
+            f()
+        })
+    }
+}
+
+fn enter_netns(path: &str) {
+    let f = std::fs::File::open(path).expect("open netns");
+    // SAFETY: setns on a namespace fd affects only the calling thread's network namespace.
+    let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = sh(&format!("ip netns del {}", self.name));
+    }
+}
+
+/// A host: a namespace whose `eth0` is the far end of a veth; the near end (`port`)
+/// stays in the root namespace, ready to be added to a bridge.
+pub struct Host {
+    pub ns: Netns,
+    pub port: String,
+    pub ip: String,
+    pub mac: String,
+}
+
+impl Host {
+    /// `ip` is an address with prefix, e.g. "10.0.0.1/24".
+    pub fn new(tag: &str, ip_cidr: &str) -> Host {
+        let ns = Netns::new(tag);
+        let port = uniq(tag);
+        sh_ok(&format!(
+            "ip link add {port} type veth peer name eth0 netns {}",
+            ns.name
+        ));
+        ns.exec_ok(&format!("ip addr add {ip_cidr} dev eth0"));
+        ns.exec_ok("ip link set eth0 up");
+        let mac = ns
+            .exec_ok("cat /sys/class/net/eth0/address")
+            .trim()
+            .to_string();
+        Host {
+            ns,
+            port,
+            ip: ip_cidr.split('/').next().unwrap().to_string(),
+            mac,
+        }
+    }
+
+    pub fn ping(&self, ip: &str) -> bool {
+        self.ns
+            .exec(&format!("ping -c 3 -i 0.2 -w 10 {ip}"))
+            .status
+            .success()
+    }
+
+    /// Turns off checksum offload, TSO, GSO and GRO on both ends of the veth.
+    pub fn offloads_off(&self) {
+        let k = "tx off tso off gso off gro off";
+        self.ns.exec_ok(&format!("ethtool -K eth0 {k}"));
+        sh_ok(&format!("ethtool -K {} {k}", self.port));
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        let _ = sh(&format!("ip link del {}", self.port));
+    }
+}
+
+/// A running `vswitchd` with its own run directory and configuration file.
+pub struct Daemon {
+    pub dir: PathBuf,
+    pid: Option<i32>,
+}
+
+impl Daemon {
+    pub fn start() -> Daemon {
+        let dir = std::env::temp_dir().join(format!("vswitch-test-{}", uniq("d")));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut d = Daemon { dir, pid: None };
+        d.launch();
+        d
+    }
+
+    pub fn socket(&self) -> PathBuf {
+        self.dir.join("vswitchd.sock")
+    }
+
+    /// Starts the daemon with `--detach`, which returns once the socket accepts commands.
+    pub fn launch(&mut self) {
+        let out = Command::new(bin("vswitchd"))
+            .arg("--rundir")
+            .arg(&self.dir)
+            .arg("--db")
+            .arg(self.dir.join("conf.json"))
+            .arg("--pidfile")
+            .arg(self.dir.join("vswitchd.pid"))
+            .arg("--log-file")
+            .arg(self.dir.join("vswitchd.log"))
+            .arg("--log-level")
+            .arg("debug")
+            .arg("--detach")
+            .output()
+            .expect("run vswitchd");
+        assert!(
+            out.status.success(),
+            "vswitchd failed to start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let pid: i32 = std::fs::read_to_string(self.dir.join("vswitchd.pid"))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        self.pid = Some(pid);
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.pid.expect("daemon not running")
+    }
+
+    fn wait_exit(&mut self, pid: i32, timeout: Duration) -> bool {
+        let start = Instant::now();
+        // SAFETY: kill with signal 0 only checks for existence.
+        while unsafe { libc::kill(pid, 0) } == 0 {
+            if start.elapsed() > timeout {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
+
+    /// Sends `sig` to the daemon (by PID) and waits for it to exit.
+    pub fn stop(&mut self, sig: i32) {
+        if let Some(pid) = self.pid.take() {
+            // SAFETY: signalling a process we started.
+            unsafe { libc::kill(pid, sig) };
+            if !self.wait_exit(pid, Duration::from_secs(10)) {
+                // SAFETY: as above.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                self.wait_exit(pid, Duration::from_secs(5));
+            }
+        }
+    }
+
+    /// Runs vsctl against this daemon.
+    pub fn vsctl(&self, args: &[&str]) -> Output {
+        Command::new(bin("vsctl"))
+            .arg(format!("--db=unix:{}", self.socket().display()))
+            .arg("--timeout=20")
+            .args(args)
+            .output()
+            .expect("run vsctl")
+    }
+
+    /// Runs vsctl, which must succeed; returns stdout.
+    pub fn vsctl_ok(&self, args: &[&str]) -> String {
+        let o = self.vsctl(args);
+        assert!(
+            o.status.success(),
+            "vsctl {args:?} failed ({}): {}\n--- log ---\n{}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr),
+            self.log_tail()
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    pub fn vsctl_json(&self, args: &[&str]) -> Value {
+        let mut a = vec!["--format=json"];
+        a.extend_from_slice(args);
+        serde_json::from_str(&self.vsctl_ok(&a)).expect("vsctl json")
+    }
+
+    /// Counters of `port` on `bridge`.
+    pub fn port_stats(&self, bridge: &str, port: &str) -> Value {
+        let rows = self.vsctl_json(&["port-stats", bridge]);
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["port"] == port)
+            .cloned()
+            .unwrap_or_else(|| panic!("no stats for {port}: {rows}"))
+    }
+
+    pub fn log_tail(&self) -> String {
+        let log = std::fs::read_to_string(self.dir.join("vswitchd.log")).unwrap_or_default();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(30)..].join("\n")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop(libc::SIGTERM);
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("daemon log kept in {}", self.dir.display());
+        }
+    }
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// FNV-1a, to compare transferred content.
+pub fn fnv(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf29ce484222325u64, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100000001b3)
+    })
+}
+
+/// Sends `len` bytes of TCP from `client` to `server` (listening on `server_ip`)
+/// and checks the receiver got exactly them.
+pub fn tcp_transfer(client: &Host, server: &Host, len: usize) {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let ip = server.ip.clone();
+    let srv = server.ns.spawn(move || {
+        let l = TcpListener::bind((ip.as_str(), 0)).expect("bind");
+        ready_tx.send(l.local_addr().unwrap().port()).unwrap();
+        let (mut s, _) = l.accept().expect("accept");
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut got = Vec::with_capacity(len);
+        s.read_to_end(&mut got).expect("server read");
+        let h = fnv(&got);
+        s.write_all(&h.to_be_bytes()).unwrap();
+        (got.len(), h)
+    });
+    let port = ready_rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("server ready");
+    let data = pattern(len, len as u64);
+    let want = fnv(&data);
+    let ip = server.ip.clone();
+    let echoed = client.ns.run(move || {
+        let mut s = TcpStream::connect_timeout(
+            &format!("{ip}:{port}").parse().unwrap(),
+            Duration::from_secs(10),
+        )
+        .expect("connect");
+        s.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.write_all(&data).expect("client write");
+        s.shutdown(std::net::Shutdown::Write).unwrap();
+        let mut h = [0u8; 8];
+        s.read_exact(&mut h).expect("server's hash");
+        u64::from_be_bytes(h)
+    });
+    let (n, h) = srv.join().expect("server");
+    assert_eq!(n, len, "receiver got {n} of {len} bytes");
+    assert_eq!(h, want, "content differs");
+    assert_eq!(echoed, want);
+}
+
+/// An exchange of `count` UDP datagrams of varied sizes (up to 1400 bytes), each
+/// echoed back by the server and checked byte for byte. A lost datagram is resent
+/// up to three times; failing that, the test fails.
+pub fn udp_exchange(client: &Host, server: &Host, count: usize) {
+    let ip = server.ip.clone();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let srv = server.ns.spawn(move || {
+        let s = UdpSocket::bind((ip.as_str(), 0)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        ready_tx.send(s.local_addr().unwrap().port()).unwrap();
+        let mut buf = [0u8; 2048];
+        let mut n = 0;
+        while let Ok((len, from)) = s.recv_from(&mut buf) {
+            if &buf[..len] == b"done" {
+                break;
+            }
+            s.send_to(&buf[..len], from).unwrap();
+            n += 1;
+        }
+        n
+    });
+    let port = ready_rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    let ip = server.ip.clone();
+    client.ns.run(move || {
+        let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+        s.connect((ip.as_str(), port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
+        let mut buf = [0u8; 2048];
+        for i in 0..count {
+            let msg = pattern(1 + (i * 97) % 1400, i as u64);
+            let mut ok = false;
+            for _ in 0..4 {
+                s.send(&msg).unwrap();
+                if let Ok(n) = s.recv(&mut buf) {
+                    assert_eq!(&buf[..n], &msg[..], "datagram {i} came back altered");
+                    ok = true;
+                    break;
+                }
+            }
+            assert!(ok, "datagram {i} never came back");
+        }
+        s.send(b"done").unwrap();
+    });
+    assert!(srv.join().unwrap() >= count);
+}
+
+/// A raw AF_PACKET socket on an interface of the current thread's namespace.
+pub struct RawSock {
+    fd: OwnedFd,
+}
+
+impl RawSock {
+    pub fn open(ifname: &str) -> RawSock {
+        let idx = {
+            let c = std::ffi::CString::new(ifname).unwrap();
+            // SAFETY: valid C string.
+            unsafe { libc::if_nametoindex(c.as_ptr()) }
+        };
+        assert!(idx != 0, "no interface {ifname}");
+        // SAFETY: plain socket(2), checked.
+        let fd = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                (libc::ETH_P_ALL as u16).to_be() as i32,
+            )
+        };
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        // SAFETY: fresh fd.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // SAFETY: zeroed sockaddr_ll is valid; filled below.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = (libc::ETH_P_ALL as u16).to_be();
+        sll.sll_ifindex = idx as i32;
+        // SAFETY: sll is a valid sockaddr_ll.
+        let r = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                &sll as *const _ as *const libc::sockaddr,
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        assert_eq!(r, 0, "bind: {}", std::io::Error::last_os_error());
+        let tv = libc::timeval {
+            tv_sec: 0,
+            tv_usec: 100_000,
+        };
+        // SAFETY: tv is a valid timeval.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                &tv as *const _ as *const libc::c_void,
+                std::mem::size_of::<libc::timeval>() as u32,
+            )
+        };
+        RawSock { fd }
+    }
+
+    pub fn send(&self, frame: &[u8]) -> std::io::Result<()> {
+        // SAFETY: frame is a valid buffer of the given length.
+        let r = unsafe {
+            libc::send(
+                self.fd.as_raw_fd(),
+                frame.as_ptr() as *const libc::c_void,
+                frame.len(),
+                0,
+            )
+        };
+        if r < 0 {
+            Err(std::io::Error::last_os_error())
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Next frame, or None after the 100 ms receive timeout.
+    pub fn recv(&self) -> Option<Vec<u8>> {
+        let mut buf = vec![0u8; 65_600];
+        // SAFETY: buf is writable for its length.
+        let n = unsafe {
+            libc::recv(
+                self.fd.as_raw_fd(),
+                buf.as_mut_ptr() as *mut libc::c_void,
+                buf.len(),
+                0,
+            )
+        };
+        if n < 0 {
+            return None;
+        }
+        buf.truncate(n as usize);
+        Some(buf)
+    }
+}
+
+/// Parses "aa:bb:cc:dd:ee:ff".
+pub fn mac_bytes(s: &str) -> [u8; 6] {
+    let v: Vec<u8> = s
+        .split(':')
+        .map(|h| u8::from_str_radix(h, 16).unwrap())
+        .collect();
+    v.try_into().unwrap()
+}

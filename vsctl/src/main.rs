@@ -1,0 +1,252 @@
+//! `vsctl` — drives `vswitchd` with `ovs-vsctl`'s syntax and exit codes.
+//!
+//! The chain of commands becomes one transaction: every command that changes
+//! something is sent as one `transact` request (all or nothing), and read-only
+//! commands are answered from the state that transaction left behind. Exit status:
+//! 0 on success, 1 on any error (nothing changed), 2 when `br-exists` finds no bridge.
+
+mod args;
+mod output;
+
+use std::process::ExitCode;
+
+use serde_json::{json, Value};
+use vswitchd::rpc::{self, ClientError, Op, Setting, State};
+
+use args::{Command, Global, Parsed};
+
+const USAGE: &str = "\
+vsctl: drives vswitchd, with ovs-vsctl's syntax
+usage: vsctl [OPTIONS] COMMAND [ARG...] [-- [OPTIONS] COMMAND [ARG...]]...
+
+Bridge commands:
+  add-br BRIDGE                 create a bridge (and its internal port BRIDGE)
+  del-br BRIDGE                 delete a bridge and all its ports
+  list-br                       print the names of all bridges
+  br-exists BRIDGE              exit 2 if BRIDGE does not exist
+Port commands:
+  add-port BRIDGE PORT [COLUMN[:KEY]=VALUE]...   add a port (an existing interface by default)
+  del-port [BRIDGE] PORT        delete a port
+  list-ports BRIDGE             print the ports of BRIDGE
+  port-to-br PORT               print the bridge that contains PORT
+  iface-to-br IFACE             print the bridge that contains IFACE
+Database commands:
+  set TABLE RECORD COLUMN[:KEY]=VALUE...         e.g. set Interface p0 type=internal
+Status:
+  show                          print an overview of the configuration
+  fdb-show BRIDGE               print the MAC learning table (like ovs-appctl fdb/show)
+  port-stats BRIDGE             print per-port counters
+Options:
+  --db=unix:PATH                control socket (default $VSWITCH_RUNDIR/vswitchd.sock,
+                                else /run/vswitch/vswitchd.sock)
+  -t, --timeout=SECS            give up after SECS seconds (default 30)
+  -f, --format=table|json       output format for show, list-br, list-ports, fdb-show, port-stats
+  --no-headings                 omit table headings
+  --may-exist, --if-exists      per-command: do not fail if the object exists / is missing
+  -h, --help, -V, --version";
+
+/// A failure with the exit status it maps to.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl<E: std::fmt::Display> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure {
+            code: 1,
+            message: e.to_string(),
+        }
+    }
+}
+
+fn need(cmd: &Command, min: usize, max: usize, usage: &str) -> Result<(), Failure> {
+    if cmd.args.len() < min || cmd.args.len() > max {
+        return Err(Failure {
+            code: 1,
+            message: format!("'{}' command requires arguments: {usage}", cmd.name),
+        });
+    }
+    Ok(())
+}
+
+fn settings(raw: &[String]) -> Result<Vec<Setting>, Failure> {
+    raw.iter()
+        .map(|s| Setting::parse(s).map_err(Failure::from))
+        .collect()
+}
+
+/// The write op for a command, the assertion a chained read needs, or neither.
+fn to_op(cmd: &Command) -> Result<Option<Op>, Failure> {
+    let a = &cmd.args;
+    Ok(Some(match cmd.name.as_str() {
+        "add-br" => {
+            if a.len() == 3 {
+                return Err("fake bridges (add-br BRIDGE PARENT VLAN) are not supported".into());
+            }
+            need(cmd, 1, 1, "BRIDGE")?;
+            Op::AddBr {
+                bridge: a[0].clone(),
+                may_exist: cmd.may_exist,
+            }
+        }
+        "del-br" => {
+            need(cmd, 1, 1, "BRIDGE")?;
+            Op::DelBr {
+                bridge: a[0].clone(),
+                if_exists: cmd.if_exists,
+            }
+        }
+        "add-port" => {
+            need(cmd, 2, usize::MAX, "BRIDGE PORT [COLUMN[:KEY]=VALUE]...")?;
+            Op::AddPort {
+                bridge: a[0].clone(),
+                port: a[1].clone(),
+                may_exist: cmd.may_exist,
+                settings: settings(&a[2..])?,
+            }
+        }
+        "del-port" => {
+            need(cmd, 1, 2, "[BRIDGE] PORT")?;
+            let (bridge, port) = if a.len() == 2 {
+                (Some(a[0].clone()), a[1].clone())
+            } else {
+                (None, a[0].clone())
+            };
+            Op::DelPort {
+                bridge,
+                port,
+                if_exists: cmd.if_exists,
+            }
+        }
+        "set" => {
+            need(cmd, 3, usize::MAX, "TABLE RECORD COLUMN[:KEY]=VALUE...")?;
+            Op::Set {
+                table: a[0].clone(),
+                record: a[1].clone(),
+                settings: settings(&a[2..])?,
+            }
+        }
+        "list-ports" | "fdb-show" | "port-stats" => {
+            need(cmd, 1, 1, "BRIDGE")?;
+            Op::AssertBridge {
+                bridge: a[0].clone(),
+            }
+        }
+        "port-to-br" | "iface-to-br" => {
+            need(cmd, 1, 1, "PORT")?;
+            Op::AssertPort { port: a[0].clone() }
+        }
+        "br-exists" => {
+            need(cmd, 1, 1, "BRIDGE")?;
+            return Ok(None);
+        }
+        "list-br" | "show" | "init" => {
+            need(cmd, 0, 0, "(none)")?;
+            return Ok(None);
+        }
+        other => return Err(format!("unknown command '{other}'; use --help for help").into()),
+    }))
+}
+
+fn is_write(op: &Op) -> bool {
+    !matches!(op, Op::AssertBridge { .. } | Op::AssertPort { .. })
+}
+
+fn call(g: &Global, method: &str, params: Value) -> Result<Value, Failure> {
+    rpc::call(&g.socket, method, params, g.timeout).map_err(|e| match e {
+        ClientError::Refused { message, .. } => Failure { code: 1, message },
+        other => other.into(),
+    })
+}
+
+fn run(g: &Global, cmds: &[Command]) -> Result<(), Failure> {
+    let mut ops = Vec::new();
+    for c in cmds {
+        if let Some(op) = to_op(c)? {
+            ops.push(op);
+        }
+    }
+    let state: State = if ops.iter().any(is_write) {
+        serde_json::from_value(call(g, "transact", json!({ "ops": ops }))?)?
+    } else {
+        serde_json::from_value(call(g, "get-state", json!({}))?)?
+    };
+    let mut out = String::new();
+    let mut exit = 0;
+    for c in cmds {
+        let a = &c.args;
+        match c.name.as_str() {
+            "list-br" => output::list(&mut out, g, state.config.bridges.keys()),
+            "br-exists" => {
+                if !state.config.bridges.contains_key(&a[0]) {
+                    exit = 2;
+                }
+            }
+            "list-ports" => {
+                let b = state
+                    .config
+                    .bridges
+                    .get(&a[0])
+                    .ok_or_else(|| format!("no bridge named {}", a[0]))?;
+                // As ovs-vsctl: the bridge's own internal port is not listed.
+                output::list(&mut out, g, b.ports.keys().filter(|p| **p != a[0]));
+            }
+            "port-to-br" | "iface-to-br" => {
+                let b = state
+                    .config
+                    .port_bridge(&a[0])
+                    .ok_or_else(|| format!("no port named {}", a[0]))?;
+                output::list(&mut out, g, std::iter::once(b));
+            }
+            "show" => output::show(&mut out, g, &state),
+            "fdb-show" => {
+                let rows: Vec<rpc::FdbRow> =
+                    serde_json::from_value(call(g, "fdb-show", json!({"bridge": a[0]}))?)?;
+                output::fdb(&mut out, g, &rows);
+            }
+            "port-stats" => {
+                let rows: Vec<rpc::PortStatsRow> =
+                    serde_json::from_value(call(g, "port-stats", json!({"bridge": a[0]}))?)?;
+                output::port_stats(&mut out, g, &rows);
+            }
+            _ => {}
+        }
+    }
+    print!("{out}");
+    if exit != 0 {
+        return Err(Failure {
+            code: exit,
+            message: String::new(),
+        });
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args::parse(&argv) {
+        Ok(Parsed::Help) => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        Ok(Parsed::Version) => {
+            println!("vsctl {}", env!("CARGO_PKG_VERSION"));
+            Ok(())
+        }
+        Ok(Parsed::Run(g, cmds)) => run(&g, &cmds),
+        Err(e) => Err(Failure {
+            code: 1,
+            message: e,
+        }),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            if !f.message.is_empty() {
+                eprintln!("vsctl: {}", f.message);
+            }
+            ExitCode::from(f.code)
+        }
+    }
+}

@@ -1,0 +1,12 @@
+//! The vswitch daemon as a library: the configuration model and control protocol
+//! (shared with `vsctl`), the network-device backends, the datapath worker and the
+//! control server. `main.rs` only parses flags and wires these together.
+
+pub mod config;
+pub mod control;
+pub mod datapath;
+pub mod db;
+pub mod netdev;
+pub mod reconcile;
+pub mod rpc;
+pub mod stats;

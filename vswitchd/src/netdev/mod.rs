@@ -1,0 +1,212 @@
+//! Network-device backends. All `unsafe`, ioctl and socket code of the daemon lives
+//! under this module; everything above it is safe Rust.
+//!
+//! Every backend moves frames in the same buffer layout: a 10-byte virtio-net
+//! header followed by the frame (see [`ofproto::vnet_hdr`]). A backend that reads
+//! without headers writes an empty one, so the datapath never has two code paths.
+//!
+//! - [`afpacket`]: `system` ports — an AF_PACKET socket bound to an existing
+//!   interface (a NIC, a veth end, a VM's tap), with `PACKET_VNET_HDR`.
+//! - [`tap`]: `internal` ports — a TAP device the switch creates, with `IFF_VNET_HDR`.
+
+pub mod afpacket;
+pub mod poll;
+pub mod sys;
+pub mod tap;
+
+use std::io;
+use std::marker::PhantomData;
+use std::os::fd::RawFd;
+
+use ofproto::vnet_hdr::VNET_HDR_LEN;
+
+/// Room for a virtio-net header and the largest GSO super-frame (64 KiB of IP plus
+/// Ethernet and VLAN headers).
+pub const BUF_SIZE: usize = VNET_HDR_LEN + 65_535 + 64;
+/// Frames read per system call.
+pub const BATCH: usize = 32;
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetdevError {
+    #[error("could not open network device {name} ({source})")]
+    Open { name: String, source: io::Error },
+    #[error("could not create internal device {name} ({source})")]
+    Create { name: String, source: io::Error },
+    #[error("could not configure network device {name}: {what} ({source})")]
+    Configure {
+        name: String,
+        what: &'static str,
+        source: io::Error,
+    },
+}
+
+/// Receive buffers for one batch: `BATCH` slots of `BUF_SIZE` bytes, each holding a
+/// virtio-net header and a frame. Allocated once per worker; only the pages a frame
+/// touches become resident.
+pub struct RxBatch {
+    storage: Vec<u8>,
+    lens: [usize; BATCH],
+    /// Frames longer than the buffer (cut by the kernel); counted as rx errors.
+    truncated: [bool; BATCH],
+    count: usize,
+}
+
+impl Default for RxBatch {
+    fn default() -> Self {
+        RxBatch {
+            storage: vec![0; BATCH * BUF_SIZE],
+            lens: [0; BATCH],
+            truncated: [false; BATCH],
+            count: 0,
+        }
+    }
+}
+
+impl RxBatch {
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// Slot `i`: virtio-net header followed by the frame.
+    #[inline]
+    pub fn slot(&self, i: usize) -> &[u8] {
+        &self.storage[i * BUF_SIZE..i * BUF_SIZE + self.lens[i]]
+    }
+
+    #[inline]
+    pub fn slot_mut(&mut self, i: usize) -> &mut [u8] {
+        &mut self.storage[i * BUF_SIZE..i * BUF_SIZE + self.lens[i]]
+    }
+
+    #[inline]
+    pub fn truncated(&self, i: usize) -> bool {
+        self.truncated[i]
+    }
+
+    fn slot_buf(&mut self, i: usize) -> &mut [u8] {
+        &mut self.storage[i * BUF_SIZE..(i + 1) * BUF_SIZE]
+    }
+}
+
+/// Frames queued for one send call. Built from a reusable vector so steady-state
+/// sending allocates nothing; the lifetime ties the queued frames to the buffers
+/// they point into.
+pub struct TxBatch<'a> {
+    iov: Vec<libc::iovec>,
+    _frames: PhantomData<&'a [u8]>,
+}
+
+impl<'a> TxBatch<'a> {
+    /// Wraps `store` (emptied first); give it back with [`TxBatch::into_store`].
+    pub fn new(mut store: Vec<libc::iovec>) -> TxBatch<'a> {
+        store.clear();
+        TxBatch {
+            iov: store,
+            _frames: PhantomData,
+        }
+    }
+
+    #[inline]
+    pub fn push(&mut self, frame: &'a [u8]) {
+        self.iov.push(libc::iovec {
+            iov_base: frame.as_ptr() as *mut libc::c_void,
+            iov_len: frame.len(),
+        });
+    }
+
+    pub fn len(&self) -> usize {
+        self.iov.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.iov.is_empty()
+    }
+
+    pub fn into_store(self) -> Vec<libc::iovec> {
+        self.iov
+    }
+}
+
+/// What a send call achieved, for the port's counters.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TxResult {
+    pub sent: u64,
+    pub bytes: u64,
+    /// No room in the socket or device queue.
+    pub dropped: u64,
+    /// Refused by the kernel (too big for the MTU, device gone, ...).
+    pub errors: u64,
+}
+
+/// An open device of either kind.
+pub enum Netdev {
+    Packet(afpacket::PacketSocket),
+    Tap(tap::Tap),
+}
+
+impl Netdev {
+    pub fn name(&self) -> &str {
+        match self {
+            Netdev::Packet(p) => &p.name,
+            Netdev::Tap(t) => &t.name,
+        }
+    }
+
+    pub fn ifindex(&self) -> u32 {
+        match self {
+            Netdev::Packet(p) => p.ifindex,
+            Netdev::Tap(t) => t.ifindex,
+        }
+    }
+
+    /// The descriptor to poll for received frames.
+    pub fn rx_fd(&self) -> RawFd {
+        match self {
+            Netdev::Packet(p) => p.rx_fd(),
+            Netdev::Tap(t) => t.fd(),
+        }
+    }
+
+    /// Whether frames handed to [`Netdev::send`] keep their virtio-net header (and may
+    /// be super-frames with partial checksums). When false, the datapath finishes
+    /// checksums and segments first and hands over bare frames.
+    pub fn takes_vnet_hdr(&self) -> bool {
+        match self {
+            Netdev::Packet(p) => p.tx_vnet,
+            Netdev::Tap(_) => true,
+        }
+    }
+
+    /// Frames the kernel dropped before we could read them, since the last call.
+    pub fn take_kernel_drops(&self) -> u64 {
+        match self {
+            Netdev::Packet(p) => p.take_kernel_drops(),
+            Netdev::Tap(_) => 0,
+        }
+    }
+
+    /// Reads up to [`BATCH`] frames without blocking. `Ok(0)` means nothing was
+    /// waiting.
+    pub fn recv(&self, rx: &mut RxBatch) -> io::Result<usize> {
+        match self {
+            Netdev::Packet(p) => p.recv(rx),
+            Netdev::Tap(t) => t.recv(rx),
+        }
+    }
+
+    pub fn send(&self, tx: &TxBatch<'_>) -> TxResult {
+        match self {
+            Netdev::Packet(p) => p.send(tx),
+            Netdev::Tap(t) => t.send(tx),
+        }
+    }
+}
+
+/// Classifies a send error: a full queue is a drop, anything else an error.
+fn is_congestion(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EAGAIN) | Some(libc::ENOBUFS))
+}
