@@ -178,11 +178,7 @@ fn run(g: &Global, cmds: &[Command]) -> Result<(), Failure> {
         let a = &c.args;
         match c.name.as_str() {
             "list-br" => output::list(&mut out, g, state.config.bridges.keys()),
-            "br-exists" => {
-                if !state.config.bridges.contains_key(&a[0]) {
-                    exit = 2;
-                }
-            }
+            "br-exists" if !state.config.bridges.contains_key(&a[0]) => exit = 2,
             "list-ports" => {
                 let b = state
                     .config

@@ -181,9 +181,9 @@ impl PacketSocket {
         // SAFETY: both arrays are plain old data; all-zero is valid.
         let mut iov: [libc::iovec; BATCH] = unsafe { mem::zeroed() };
         let mut msgs: [libc::mmsghdr; BATCH] = unsafe { mem::zeroed() };
-        for i in 0..BATCH {
+        for (i, v) in iov.iter_mut().enumerate() {
             let buf = rx.slot_buf(i);
-            iov[i] = libc::iovec {
+            *v = libc::iovec {
                 iov_base: buf.as_mut_ptr() as *mut libc::c_void,
                 iov_len: BUF_SIZE,
             };

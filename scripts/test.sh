@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Runs the whole test suite: unit tests of every crate and the integration tests,
+# which drive the real daemon over real namespaces, veths and TAPs (root needed).
+# Installs what the tests need on a fresh Debian machine.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if [ "$(id -u)" != 0 ]; then
+  echo "test.sh: the integration tests create namespaces, veths and TAPs: run as root" >&2
+  exit 1
+fi
+
+need=()
+command -v ip >/dev/null || need+=(iproute2)
+command -v ping >/dev/null || need+=(iputils-ping)
+command -v ethtool >/dev/null || need+=(ethtool)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "test.sh: installing ${need[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+cargo build --workspace --locked
+# Integration tests run two at a time: each one pushes real traffic through its own
+# daemon, and this machine class has two cores.
+cargo test --workspace --locked -- --test-threads 2
