@@ -1,0 +1,338 @@
+#!/usr/bin/env python3
+"""Side-by-side datapath benchmark: vswitchd vs Open vSwitch (userspace datapath)
+vs the Linux bridge vs a direct veth pair, on the same topology, in one run.
+
+Topology (built and removed by this script; names carry the PID):
+
+    ns A: eth0 ──veth── va ─┐                 ┌─ vb ──veth── eth0 :ns B
+    10.199.0.1              └─ switch under test ┘              10.199.0.2
+
+("veth" joins A and B directly: the ceiling of the machine.)
+
+Switches run alternately (A B C ... A B C ...), --reps times each; the table shows
+medians. Metrics: 64-byte UDP packets/s delivered (sendmmsg generator, recvmmsg
+sink), TCP throughput (iperf3) with veth offloads at their defaults and with
+tx/tso/gso/gro off, UDP round-trip latency p50/p99, the switch's CPU seconds per
+million packets delivered, and its RSS (idle and after the runs). Before each run
+the machine's idle CPU is sampled; a run that starts on a busy machine is flagged.
+
+Traffic stays between the two namespaces. Run as root:  sudo bench/run.py
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+BIN = os.path.join(ROOT, "target", "release")
+PID = os.getpid()
+NS_A, NS_B = f"vsb-a-{PID}", f"vsb-b-{PID}"
+VA, VB = f"vsba{PID % 100000}", f"vsbb{PID % 100000}"
+IP_A, IP_B = "10.199.0.1", "10.199.0.2"
+KINDS = ["vswitchd", "ovs", "ovs-tso", "bridge", "veth"]
+
+
+def sh(cmd, check=True, capture=True):
+    r = subprocess.run(cmd, shell=True, text=True, capture_output=capture)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"`{cmd}` failed: {r.stdout}{r.stderr}")
+    return r.stdout if capture else ""
+
+
+def ns(name, cmd, **kw):
+    return sh(f"ip netns exec {name} {cmd}", **kw)
+
+
+def jiffies_of(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return int(fields[11]) + int(fields[12])  # utime + stime
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def busy_fraction(secs=1.0):
+    """Fraction of all CPUs busy over `secs`, from /proc/stat."""
+    def sample():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return sum(v), v[3] + v[4]
+    t0, i0 = sample()
+    time.sleep(secs)
+    t1, i1 = sample()
+    return 1.0 - (i1 - i0) / max(1, t1 - t0)
+
+
+class Topology:
+    def __init__(self, kind):
+        self.kind = kind
+        self.tmp = tempfile.mkdtemp(prefix="vswitch-bench-")
+        self.pid = None
+        self.procs = []
+
+    # -- building -------------------------------------------------------------
+    def up(self):
+        sh(f"ip netns add {NS_A}")
+        sh(f"ip netns add {NS_B}")
+        if self.kind == "veth":
+            sh(f"ip link add eth0 netns {NS_A} type veth peer name eth0 netns {NS_B}")
+        else:
+            sh(f"ip link add {VA} type veth peer name eth0 netns {NS_A}")
+            sh(f"ip link add {VB} type veth peer name eth0 netns {NS_B}")
+            sh(f"ip link set {VA} up && ip link set {VB} up")
+        for n, ip in ((NS_A, IP_A), (NS_B, IP_B)):
+            ns(n, f"ip addr add {ip}/24 dev eth0")
+            ns(n, "ip link set eth0 up")
+            ns(n, "ip link set lo up")
+        getattr(self, "up_" + self.kind.replace("-", "_"))()
+        # Wait until the path forwards.
+        for _ in range(100):
+            if subprocess.run(f"ip netns exec {NS_A} ping -c1 -W1 {IP_B}", shell=True, capture_output=True).returncode == 0:
+                return
+            time.sleep(0.1)
+        raise RuntimeError(f"{self.kind}: no connectivity between the namespaces")
+
+    def up_veth(self):
+        pass
+
+    def up_bridge(self):
+        self.br = f"vsbbr{PID % 100000}"
+        sh(f"ip link add {self.br} type bridge && ip link set {self.br} up")
+        sh(f"ip link set {VA} master {self.br} && ip link set {VB} master {self.br}")
+
+    def up_vswitchd(self):
+        sock = os.path.join(self.tmp, "vswitchd.sock")
+        sh(f"{BIN}/vswitchd --rundir {self.tmp} --db {self.tmp}/conf.json --detach --pidfile {self.tmp}/pid --log-level warn")
+        self.pid = int(open(f"{self.tmp}/pid").read())
+        v = f"{BIN}/vsctl --db=unix:{sock}"
+        sh(f"{v} add-br vsbr{PID % 100000} -- add-port vsbr{PID % 100000} {VA} -- add-port vsbr{PID % 100000} {VB}")
+
+    def _ovs(self, tso):
+        t = self.tmp
+        env = f"OVS_RUNDIR={t} OVS_LOGDIR={t} OVS_DBDIR={t} OVS_SYSCONFDIR={t}"
+        self.ovs_env = env
+        sh(f"ovsdb-tool create {t}/conf.db /usr/share/openvswitch/vswitch.ovsschema")
+        sh(f"{env} ovsdb-server {t}/conf.db --remote=punix:{t}/db.sock --pidfile={t}/ovsdb-server.pid "
+           f"--log-file={t}/ovsdb-server.log --detach")
+        vs = f"ovs-vsctl --db=unix:{t}/db.sock"
+        sh(f"{vs} --no-wait init")
+        if tso:
+            sh(f"{vs} --no-wait set Open_vSwitch . other_config:userspace-tso-enable=true")
+        sh(f"{env} ovs-vswitchd unix:{t}/db.sock --pidfile={t}/ovs-vswitchd.pid --log-file={t}/ovs-vswitchd.log --detach")
+        self.pid = int(open(f"{t}/ovs-vswitchd.pid").read())
+        br = f"ovsbr{PID % 100000}"
+        sh(f"{vs} add-br {br} -- set bridge {br} datapath_type=netdev -- add-port {br} {VA} -- add-port {br} {VB}")
+
+    def up_ovs(self):
+        self._ovs(False)
+
+    def up_ovs_tso(self):
+        self._ovs(True)
+
+    # -- tearing down -----------------------------------------------------------
+    def down(self):
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        if self.kind == "vswitchd" and self.pid:
+            self._stop(self.pid)
+        if self.kind.startswith("ovs"):
+            for name in ("ovs-vswitchd", "ovsdb-server"):
+                try:
+                    self._stop(int(open(f"{self.tmp}/{name}.pid").read()))
+                except (OSError, ValueError):
+                    pass
+        if self.kind == "bridge":
+            sh(f"ip link del {self.br}", check=False)
+        sh(f"ip netns del {NS_A}", check=False)
+        sh(f"ip netns del {NS_B}", check=False)
+        sh(f"ip link del {VA}", check=False)
+        sh(f"ip link del {VB}", check=False)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        time.sleep(0.3)
+
+    @staticmethod
+    def _stop(pid):
+        try:
+            os.kill(pid, 15)
+        except ProcessLookupError:
+            return
+        for _ in range(100):
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+        os.kill(pid, 9)
+
+    # -- measuring ----------------------------------------------------------------
+    def offloads_off(self):
+        k = "tx off tso off gso off gro off"
+        ns(NS_A, f"ethtool -K eth0 {k}")
+        ns(NS_B, f"ethtool -K eth0 {k}")
+        if self.kind != "veth":
+            sh(f"ethtool -K {VA} {k}")
+            sh(f"ethtool -K {VB} {k}")
+
+    def _start(self, nsname, cmd):
+        p = subprocess.Popen(f"ip netns exec {nsname} {cmd}", shell=True, text=True, stdout=subprocess.PIPE)
+        self.procs.append(p)
+        line = p.stdout.readline()
+        if "ready" not in line:
+            raise RuntimeError(f"{cmd} did not start: {line!r}")
+        return p
+
+    def udp_pps(self, secs):
+        sink = self._start(NS_B, f"{BIN}/udpsink --bind {IP_B}:9000 --idle 1 --max {secs + 20}")
+        j0 = jiffies_of(self.pid) if self.pid else 0
+        gen = json.loads(ns(NS_A, f"{BIN}/udpgen --dst {IP_B}:9000 --secs {secs}"))
+        j1 = jiffies_of(self.pid) if self.pid else 0
+        out, _ = sink.communicate(timeout=secs + 30)
+        got = json.loads(out.strip().splitlines()[-1])
+        pps = got["received"] / gen["secs"]
+        cpu = (j1 - j0) / os.sysconf("SC_CLK_TCK") if self.pid else None
+        per_m = cpu / (got["received"] / 1e6) if cpu is not None and got["received"] else None
+        return {"udp_pps": pps, "udp_offered_pps": gen["sent"] / gen["secs"], "cpu_s_per_mpkt": per_m}
+
+    def tcp_gbps(self, secs):
+        ns(NS_B, "iperf3 -s -1 -D -p 5299")
+        time.sleep(0.3)
+        r = subprocess.run(f"ip netns exec {NS_A} timeout {secs + 30} iperf3 -c {IP_B} -p 5299 -t {secs} -J",
+                           shell=True, text=True, capture_output=True)
+        try:
+            j = json.loads(r.stdout)
+            return j["end"]["sum_received"]["bits_per_second"] / 1e9
+        except (ValueError, KeyError):
+            return 0.0  # no TCP got through (Open vSwitch with default offloads)
+
+    def latency(self, count):
+        srv = self._start(NS_B, f"{BIN}/pingpong --serve {IP_B}:9001 --max 120")
+        r = json.loads(ns(NS_A, f"{BIN}/pingpong --to {IP_B}:9001 --count {count}"))
+        srv.wait(timeout=10)
+        return r
+
+
+def run_one(kind, args):
+    noise = busy_fraction(1.0)
+    t = Topology(kind)
+    try:
+        t.up()
+        res = {"kind": kind, "noisy": noise > 0.10, "idle_busy": round(noise, 3)}
+        if t.pid:
+            time.sleep(0.5)
+            res["rss_idle_kib"] = rss_kib(t.pid)
+        res.update(t.udp_pps(args.secs))
+        res["tcp_gbps_offload"] = t.tcp_gbps(args.secs)
+        lat = t.latency(args.pings)
+        res["lat_p50_us"], res["lat_p99_us"] = lat["p50_us"], lat["p99_us"]
+        t.offloads_off()
+        res["tcp_gbps_no_offload"] = t.tcp_gbps(args.secs)
+        if t.pid:
+            res["rss_kib"] = rss_kib(t.pid)
+        return res
+    finally:
+        t.down()
+
+
+METRICS = [
+    ("udp_pps", "64 B UDP delivered (Mpps)", lambda v: v / 1e6, "{:.3f}"),
+    ("tcp_gbps_offload", "TCP, offloads default (Gbit/s)", lambda v: v, "{:.2f}"),
+    ("tcp_gbps_no_offload", "TCP, tx/tso/gso/gro off (Gbit/s)", lambda v: v, "{:.2f}"),
+    ("lat_p50_us", "UDP RTT p50 (µs)", lambda v: v, "{:.1f}"),
+    ("lat_p99_us", "UDP RTT p99 (µs)", lambda v: v, "{:.1f}"),
+    ("cpu_s_per_mpkt", "switch CPU s per Mpkt (UDP)", lambda v: v, "{:.2f}"),
+    ("rss_idle_kib", "switch RSS idle (MiB)", lambda v: v / 1024, "{:.1f}"),
+    ("rss_kib", "switch RSS after runs (MiB)", lambda v: v / 1024, "{:.1f}"),
+]
+
+
+def median(runs, kind, key):
+    vals = [r[key] for r in runs if r["kind"] == kind and r.get(key) is not None]
+    return statistics.median(vals) if vals else None
+
+
+def table(runs, kinds):
+    others = [k for k in ("ovs", "ovs-tso", "bridge") if k in kinds]
+    cols = kinds + [f"vswitchd/{o}" for o in others]
+    lines = ["| metric | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for key, label, conv, fmt in METRICS:
+        cells = []
+        meds = {k: median(runs, k, key) for k in kinds}
+        for k in kinds:
+            if meds[k] is None:
+                cells.append("fails" if key.startswith("lat") and any(r["kind"] == k for r in runs) else "—")
+            else:
+                cells.append(fmt.format(conv(meds[k])))
+        for other in others:
+            a, b = meds.get("vswitchd"), meds.get(other)
+            if a is None or b is None:
+                cells.append("—")
+            elif b == 0:
+                cells.append("∞ (other fails)" if a else "—")
+            else:
+                cells.append(f"{a / b:.2f}×")
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--secs", type=float, default=5.0)
+    ap.add_argument("--pings", type=int, default=5000)
+    ap.add_argument("--kinds", default=",".join(KINDS))
+    ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--results", default=os.path.join(ROOT, "bench", "results.jsonl"))
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("run.py: run as root (it builds namespaces and veths)")
+    kinds = args.kinds.split(",")
+    missing = [p for p, k in (("iperf3", "iperf3"), ("ethtool", "ethtool"), ("ping", "iputils-ping")) if not shutil.which(p)]
+    if any(k.startswith("ovs") for k in kinds) and not shutil.which("ovs-vswitchd"):
+        missing.append("openvswitch-switch")
+    pkgs = {"iperf3": "iperf3", "ethtool": "ethtool", "ping": "iputils-ping", "openvswitch-switch": "openvswitch-switch"}
+    if missing:
+        sh("apt-get update -qq")
+        sh("DEBIAN_FRONTEND=noninteractive apt-get install -y -qq " + " ".join(pkgs[m] for m in missing))
+    if not args.no_build:
+        subprocess.run("cargo build --release --locked -p vswitchd -p vsctl -p vswitch-bench", shell=True, cwd=ROOT, check=True)
+
+    runs = []
+    stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    machine = f"{os.cpu_count()} CPU, {platform.machine()}, Linux {platform.release()}"
+    for rep in range(args.reps):
+        for kind in kinds:
+            print(f"[rep {rep + 1}/{args.reps}] {kind} ...", file=sys.stderr, flush=True)
+            try:
+                r = run_one(kind, args)
+            except Exception as e:  # one failing switch must not lose the others' runs
+                print(f"  {kind} failed: {e}", file=sys.stderr)
+                continue
+            r.update({"rep": rep, "time": stamp, "machine": machine})
+            runs.append(r)
+            print("  " + json.dumps(r), file=sys.stderr, flush=True)
+            with open(args.results, "a") as f:
+                f.write(json.dumps(r) + "\n")
+    noisy = sum(1 for r in runs if r["noisy"])
+    print(f"\n{stamp} — {machine}; medians of {args.reps} alternating runs, {args.secs:g} s each"
+          + (f"; {noisy} run(s) started on a busy machine (>10% CPU), see {args.results}" if noisy else ""))
+    print(table(runs, kinds))
+
+
+if __name__ == "__main__":
+    main()
