@@ -65,15 +65,18 @@ def rss_kib(pid):
     return 0
 
 
+def cpu_sample():
+    """(total, idle+iowait, steal) jiffies from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    return sum(v), v[3] + v[4], v[7]
+
+
 def busy_fraction(secs=1.0):
-    """Fraction of all CPUs busy over `secs`, from /proc/stat."""
-    def sample():
-        with open("/proc/stat") as f:
-            v = [int(x) for x in f.readline().split()[1:]]
-        return sum(v), v[3] + v[4]
-    t0, i0 = sample()
+    """Fraction of all CPUs busy over `secs` (before a run: other processes' load)."""
+    t0, i0, _ = cpu_sample()
     time.sleep(secs)
-    t1, i1 = sample()
+    t1, i1, _ = cpu_sample()
     return 1.0 - (i1 - i0) / max(1, t1 - t0)
 
 
@@ -83,6 +86,7 @@ class Topology:
         self.tmp = tempfile.mkdtemp(prefix="vswitch-bench-")
         self.pid = None
         self.procs = []
+        self.ovs_br = None
 
     # -- building -------------------------------------------------------------
     def up(self):
@@ -134,7 +138,7 @@ class Topology:
             sh(f"{vs} --no-wait set Open_vSwitch . other_config:userspace-tso-enable=true")
         sh(f"{env} ovs-vswitchd unix:{t}/db.sock --pidfile={t}/ovs-vswitchd.pid --log-file={t}/ovs-vswitchd.log --detach")
         self.pid = int(open(f"{t}/ovs-vswitchd.pid").read())
-        br = f"ovsbr{PID % 100000}"
+        br = self.ovs_br = f"ovsbr{PID % 100000}"
         sh(f"{vs} add-br {br} -- set bridge {br} datapath_type=netdev -- add-port {br} {VA} -- add-port {br} {VB}")
 
     def up_ovs(self):
@@ -152,6 +156,8 @@ class Topology:
         if self.kind == "vswitchd" and self.pid:
             self._stop(self.pid)
         if self.kind.startswith("ovs"):
+            # OVS makes its netdev bridges' TAPs persistent: remove the bridge first.
+            sh(f"ovs-vsctl --db=unix:{self.tmp}/db.sock --timeout=5 --if-exists del-br {self.ovs_br}", check=False)
             for name in ("ovs-vswitchd", "ovsdb-server"):
                 try:
                     self._stop(int(open(f"{self.tmp}/{name}.pid").read()))
@@ -159,6 +165,8 @@ class Topology:
                     pass
         if self.kind == "bridge":
             sh(f"ip link del {self.br}", check=False)
+        if self.kind.startswith("ovs"):
+            sh(f"ip link del {self.ovs_br}", check=False)
         sh(f"ip netns del {NS_A}", check=False)
         sh(f"ip netns del {NS_B}", check=False)
         sh(f"ip link del {VA}", check=False)
@@ -198,7 +206,7 @@ class Topology:
         return p
 
     def udp_pps(self, secs):
-        sink = self._start(NS_B, f"{BIN}/udpsink --bind {IP_B}:9000 --idle 1 --max {secs + 20}")
+        sink = self._start(NS_B, f"{BIN}/udpsink --bind {IP_B}:9000 --idle 1 --max {secs + 5}")
         j0 = jiffies_of(self.pid) if self.pid else 0
         gen = json.loads(ns(NS_A, f"{BIN}/udpgen --dst {IP_B}:9000 --secs {secs}"))
         j1 = jiffies_of(self.pid) if self.pid else 0
@@ -212,7 +220,7 @@ class Topology:
     def tcp_gbps(self, secs):
         ns(NS_B, "iperf3 -s -1 -D -p 5299")
         time.sleep(0.3)
-        r = subprocess.run(f"ip netns exec {NS_A} timeout {secs + 30} iperf3 -c {IP_B} -p 5299 -t {secs} -J",
+        r = subprocess.run(f"ip netns exec {NS_A} timeout {secs + 30} iperf3 -c {IP_B} -p 5299 -t {secs} -J --connect-timeout 3000",
                            shell=True, text=True, capture_output=True)
         try:
             j = json.loads(r.stdout)
@@ -223,13 +231,16 @@ class Topology:
     def latency(self, count):
         srv = self._start(NS_B, f"{BIN}/pingpong --serve {IP_B}:9001 --max 120")
         r = json.loads(ns(NS_A, f"{BIN}/pingpong --to {IP_B}:9001 --count {count}"))
-        srv.wait(timeout=10)
+        # Through a switch that drops UDP the server never sees "quit".
+        srv.kill()
+        srv.wait()
         return r
 
 
 def run_one(kind, args):
     noise = busy_fraction(1.0)
     t = Topology(kind)
+    c0 = cpu_sample()
     try:
         t.up()
         res = {"kind": kind, "noisy": noise > 0.10, "idle_busy": round(noise, 3)}
@@ -244,6 +255,11 @@ def run_one(kind, args):
         res["tcp_gbps_no_offload"] = t.tcp_gbps(args.secs)
         if t.pid:
             res["rss_kib"] = rss_kib(t.pid)
+        # CPU time the hypervisor took from this VM during the run: on a shared host
+        # this, not the switch, can dominate the numbers.
+        c1 = cpu_sample()
+        res["steal"] = round((c1[2] - c0[2]) / max(1, c1[0] - c0[0]), 3)
+        res["noisy"] = res["noisy"] or res["steal"] > 0.05
         return res
     finally:
         t.down()
@@ -329,8 +345,10 @@ def main():
             with open(args.results, "a") as f:
                 f.write(json.dumps(r) + "\n")
     noisy = sum(1 for r in runs if r["noisy"])
-    print(f"\n{stamp} — {machine}; medians of {args.reps} alternating runs, {args.secs:g} s each"
-          + (f"; {noisy} run(s) started on a busy machine (>10% CPU), see {args.results}" if noisy else ""))
+    steal = statistics.median([r.get("steal", 0) for r in runs]) if runs else 0
+    print(f"\n{stamp} — {machine}; medians of {args.reps} alternating runs, {args.secs:g} s each; "
+          f"median hypervisor steal {steal:.0%}"
+          + (f"; {noisy} of {len(runs)} run(s) noisy (busy before, or steal > 5%), see {args.results}" if noisy else ""))
     print(table(runs, kinds))
 
 

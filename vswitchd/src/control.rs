@@ -68,8 +68,12 @@ impl Daemon {
     /// The periodic check: re-attach devices that appeared, drop ones that vanished.
     pub async fn recheck(&mut self) {
         self.devices.collect_kernel_drops();
-        if !self.devices.obsolete(&self.config).is_empty() || self.devices.missing(&self.config) {
+        if !self.devices.obsolete(&self.config).is_empty() {
             self.reconcile().await;
+        } else if self.devices.missing(&self.config) && self.devices.open_missing(&self.config) {
+            // Only a device that actually opened needs a new snapshot; one that keeps
+            // failing must not make the datapath reconfigure every second.
+            self.publish().await;
         }
     }
 

@@ -45,6 +45,10 @@ const MAX_PATCH_DEPTH: u8 = 8;
 /// Batches read from one port before giving the others a turn.
 const BATCHES_PER_WAKEUP: usize = 4;
 const WAKE_TOKEN: u64 = u64::MAX;
+/// Segments per flush the arenas are sized for up front: a full batch of 64 KiB
+/// super-frames cut at an MSS of 512 or more. Sized once so that steady-state
+/// forwarding never grows them (pages not yet touched cost no memory).
+const PREALLOC_SEGMENTS: usize = BATCH * 128;
 
 /// How a port is reached.
 pub enum PortKind {
@@ -177,9 +181,9 @@ impl Worker {
             rx: RxBatch::default(),
             txq: Vec::new(),
             pending: Vec::with_capacity(64),
-            iov_store: Vec::with_capacity(BATCH * 4),
-            seg_buf: Vec::with_capacity(128 * 1024),
-            seg_ranges: Vec::with_capacity(64),
+            iov_store: Vec::with_capacity(PREALLOC_SEGMENTS),
+            seg_buf: Vec::with_capacity(BATCH * crate::netdev::BUF_SIZE + PREALLOC_SEGMENTS * 128),
+            seg_ranges: Vec::with_capacity(PREALLOC_SEGMENTS),
             epoch: Instant::now(),
             now: 0,
             last_expire: 0,

@@ -96,7 +96,7 @@ impl Devices {
         })
     }
 
-    /// Opens every wanted device that is not open; returns whether anything changed.
+    /// Opens every wanted device that is not open; returns whether any opened.
     pub fn open_missing(&mut self, cfg: &Config) -> bool {
         let mut changed = false;
         let w = wanted(cfg);
@@ -133,7 +133,6 @@ impl Devices {
                     if self.errors.get(name) != Some(&msg) {
                         warn!("{msg}");
                         self.errors.insert(name.to_string(), msg);
-                        changed = true;
                     }
                 }
             }
