@@ -92,6 +92,18 @@ impl<T: AsRef<[u8]>> EthernetFrame<T> {
         EtherType::from(u16::from_be_bytes([b[0], b[1]]))
     }
 
+    /// The TCI of the outer 802.1Q/802.1ad tag, if the frame carries one whole.
+    #[inline]
+    pub fn vlan_tci(&self) -> Option<u16> {
+        let b = self.buf.as_ref();
+        match self.ethertype() {
+            EtherType::Vlan | EtherType::QinQ if b.len() >= HEADER_LEN + 4 => {
+                Some(u16::from_be_bytes([b[14], b[15]]))
+            }
+            _ => None,
+        }
+    }
+
     #[inline]
     pub fn payload(&self) -> &[u8] {
         &self.buf.as_ref()[field::PAYLOAD..]
@@ -148,6 +160,32 @@ mod tests {
         f.set_src(MacAddr([2, 0, 0, 0, 0, 1]));
         f.set_ethertype(EtherType::Arp);
         assert_eq!(buf, ARP_REQ);
+    }
+
+    #[test]
+    fn vlan_tci_of_tagged_frames() {
+        let mut tagged = [0u8; 64];
+        tagged[12..18].copy_from_slice(&[0x81, 0x00, 0xa0, 0x0a, 0x08, 0x00]);
+        assert_eq!(
+            EthernetFrame::new_checked(&tagged[..]).unwrap().vlan_tci(),
+            Some(0xa00a)
+        );
+        tagged[12..14].copy_from_slice(&[0x88, 0xa8]);
+        assert_eq!(
+            EthernetFrame::new_checked(&tagged[..]).unwrap().vlan_tci(),
+            Some(0xa00a)
+        );
+        // A tag cut short is not a tag.
+        assert_eq!(
+            EthernetFrame::new_checked(&tagged[..16])
+                .unwrap()
+                .vlan_tci(),
+            None
+        );
+        assert_eq!(
+            EthernetFrame::new_checked(&ARP_REQ[..]).unwrap().vlan_tci(),
+            None
+        );
     }
 
     #[test]

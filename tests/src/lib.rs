@@ -465,6 +465,17 @@ impl RawSock {
             )
         };
         assert_eq!(r, 0, "bind: {}", std::io::Error::last_os_error());
+        let one: libc::c_int = 1;
+        // SAFETY: a live int; PACKET_AUXDATA reports VLAN tags the kernel stripped.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_AUXDATA,
+                &one as *const _ as *const libc::c_void,
+                4,
+            )
+        };
         let tv = libc::timeval {
             tv_sec: 0,
             tv_usec: 100_000,
@@ -499,22 +510,49 @@ impl RawSock {
         }
     }
 
-    /// Next frame, or None after the 100 ms receive timeout.
+    /// Next frame as it was on the wire — a VLAN tag the kernel stripped into
+    /// auxiliary data is put back — or None after the 100 ms receive timeout.
     pub fn recv(&self) -> Option<Vec<u8>> {
         let mut buf = vec![0u8; 65_600];
-        // SAFETY: buf is writable for its length.
-        let n = unsafe {
-            libc::recv(
-                self.fd.as_raw_fd(),
-                buf.as_mut_ptr() as *mut libc::c_void,
-                buf.len(),
-                0,
-            )
+        let mut ctrl = [0u64; 16];
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+            iov_len: buf.len(),
         };
+        // SAFETY: zeroed msghdr is valid; the pointers set below outlive the call.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = ctrl.as_mut_ptr() as *mut libc::c_void;
+        msg.msg_controllen = std::mem::size_of_val(&ctrl);
+        // SAFETY: msg describes writable buffers.
+        let n = unsafe { libc::recvmsg(self.fd.as_raw_fd(), &mut msg, 0) };
         if n < 0 {
             return None;
         }
         buf.truncate(n as usize);
+        // SAFETY: walking cmsgs the kernel wrote within msg_controllen.
+        unsafe {
+            let mut c = libc::CMSG_FIRSTHDR(&msg);
+            while !c.is_null() {
+                if (*c).cmsg_level == libc::SOL_PACKET && (*c).cmsg_type == libc::PACKET_AUXDATA {
+                    let aux = std::ptr::read_unaligned(
+                        libc::CMSG_DATA(c) as *const libc::tpacket_auxdata
+                    );
+                    if aux.tp_status & 0x10 != 0 && buf.len() >= 12 {
+                        let tpid = if aux.tp_status & 0x40 != 0 {
+                            aux.tp_vlan_tpid
+                        } else {
+                            0x8100
+                        };
+                        let mut tag = tpid.to_be_bytes().to_vec();
+                        tag.extend_from_slice(&aux.tp_vlan_tci.to_be_bytes());
+                        buf.splice(12..12, tag);
+                    }
+                }
+                c = libc::CMSG_NXTHDR(&msg, c);
+            }
+        }
         Some(buf)
     }
 }

@@ -352,7 +352,10 @@ impl Worker {
                 c.packets += 1;
                 c.bytes += (slot.len() - VNET_HDR_LEN) as u64;
                 let (src, dst) = (eth.src(), eth.dst());
-                if !self.forward(&snap, i as u16, port, src, dst, 0) {
+                // Until per-port VLAN modes exist every port is a trunk of all VLANs
+                // (Open vSwitch's default): learning is per VLAN of the frame's tag.
+                let vlan = eth.vlan_tci().map_or(0, |tci| tci & 0x0fff);
+                if !self.forward(&snap, i as u16, port, vlan, src, dst, 0) {
                     c.dropped += 1;
                 }
             }
@@ -366,22 +369,24 @@ impl Worker {
 
     /// Runs NORMAL for receive slot `slot` arriving on `in_port`; returns false if the
     /// frame was dropped.
+    #[allow(clippy::too_many_arguments)]
     fn forward(
         &mut self,
         snap: &Snapshot,
         slot: u16,
         in_port: usize,
+        vlan: u16,
         src: ofproto::MacAddr,
         dst: ofproto::MacAddr,
         depth: u8,
     ) -> bool {
         let p = &snap.ports[in_port];
         let br = &snap.bridges[p.bridge];
-        let (decision, _) = normal(&mut self.mac[p.bridge], p.ofport, 0, src, dst, self.now);
+        let (decision, _) = normal(&mut self.mac[p.bridge], p.ofport, vlan, src, dst, self.now);
         match decision {
             Normal::Output(of) => match br.by_ofport.get(&of) {
                 Some(&out) => {
-                    self.output(snap, slot, out, src, dst, depth);
+                    self.output(snap, slot, out, vlan, src, dst, depth);
                     true
                 }
                 None => false,
@@ -389,7 +394,7 @@ impl Worker {
             Normal::Flood => {
                 for &out in &br.ports {
                     if out != in_port {
-                        self.output(snap, slot, out, src, dst, depth);
+                        self.output(snap, slot, out, vlan, src, dst, depth);
                     }
                 }
                 true
@@ -398,11 +403,13 @@ impl Worker {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn output(
         &mut self,
         snap: &Snapshot,
         slot: u16,
         out: usize,
+        vlan: u16,
         src: ofproto::MacAddr,
         dst: ofproto::MacAddr,
         depth: u8,
@@ -420,7 +427,7 @@ impl Worker {
                 let len = (self.rx.slot(usize::from(slot)).len() - VNET_HDR_LEN) as u64;
                 p.stats.add_tx(1, len, 0, 0);
                 let peer_stats = &snap.ports[*peer].stats;
-                if self.forward(snap, slot, *peer, src, dst, depth + 1) {
+                if self.forward(snap, slot, *peer, vlan, src, dst, depth + 1) {
                     peer_stats.add_rx(1, len, 0, 0);
                 } else {
                     peer_stats.add_rx(1, len, 1, 0);

@@ -10,6 +10,9 @@
 //! - `PACKET_MR_PROMISC` membership: a switch port must see every frame, and the
 //!   kernel drops the membership when the socket closes.
 //! - large forced socket buffers: a burst of super-frames must not overflow them.
+//! - `PACKET_AUXDATA`: veths and most NICs strip the 802.1Q tag into skb metadata on
+//!   receive; the tag comes back as auxiliary data and is put back inline
+//!   ([`RxBatch::reinsert_vlan`]), so a tagged frame leaves tagged.
 //!
 //! Reads use `recvmmsg` (a batch per system call), writes `sendmmsg`.
 //!
@@ -22,9 +25,15 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use ofproto::vnet_hdr::VNET_HDR_LEN;
 
-use super::{is_congestion, sys, NetdevError, RxBatch, TxBatch, TxResult, BATCH, BUF_SIZE};
+use super::{
+    is_congestion, sys, NetdevError, RxBatch, TxBatch, TxResult, BATCH, BUF_SIZE, HEADROOM,
+};
 
 const ETH_P_ALL: u16 = 0x0003;
+const TP_STATUS_VLAN_VALID: u32 = 0x10;
+const TP_STATUS_VLAN_TPID_VALID: u32 = 0x40;
+/// Room for one `cmsghdr` carrying a `tpacket_auxdata`, 8-byte aligned.
+const CTRL_LEN: usize = 64;
 const SOCK_BUF: libc::c_int = 8 << 20;
 
 pub struct PacketSocket {
@@ -91,6 +100,32 @@ fn bind(fd: RawFd, ifindex: u32, protocol: u16) -> io::Result<()> {
     }
 }
 
+/// The VLAN tag the kernel stripped from a received frame, from its `PACKET_AUXDATA`.
+fn stripped_vlan(hdr: &libc::msghdr) -> Option<(u16, u16)> {
+    // SAFETY: the kernel filled msg_control with well-formed cmsgs of at most
+    // msg_controllen bytes; CMSG_FIRSTHDR/NXTHDR stay within it.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(hdr);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_PACKET && (*c).cmsg_type == libc::PACKET_AUXDATA {
+                let aux =
+                    std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::tpacket_auxdata);
+                if aux.tp_status & TP_STATUS_VLAN_VALID != 0 {
+                    let tpid = if aux.tp_status & TP_STATUS_VLAN_TPID_VALID != 0 {
+                        aux.tp_vlan_tpid
+                    } else {
+                        0x8100
+                    };
+                    return Some((tpid, aux.tp_vlan_tci));
+                }
+                return None;
+            }
+            c = libc::CMSG_NXTHDR(hdr, c);
+        }
+    }
+    None
+}
+
 impl PacketSocket {
     /// Attaches to the existing interface `name` and brings it up.
     pub fn open(name: &str, offload: bool) -> Result<PacketSocket, NetdevError> {
@@ -111,6 +146,8 @@ impl PacketSocket {
             .map_err(|e| cfg_err("PACKET_VNET_HDR", e))?;
         setsockopt(fd, libc::SOL_PACKET, libc::PACKET_IGNORE_OUTGOING, &one)
             .map_err(|e| cfg_err("PACKET_IGNORE_OUTGOING", e))?;
+        setsockopt(fd, libc::SOL_PACKET, libc::PACKET_AUXDATA, &one)
+            .map_err(|e| cfg_err("PACKET_AUXDATA", e))?;
         // Forcing needs CAP_NET_ADMIN; fall back to the capped size without it.
         for (force, plain) in [
             (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
@@ -181,16 +218,19 @@ impl PacketSocket {
         // SAFETY: both arrays are plain old data; all-zero is valid.
         let mut iov: [libc::iovec; BATCH] = unsafe { mem::zeroed() };
         let mut msgs: [libc::mmsghdr; BATCH] = unsafe { mem::zeroed() };
+        let mut ctrl = [[0u64; CTRL_LEN / 8]; BATCH];
         for (i, v) in iov.iter_mut().enumerate() {
             let buf = rx.slot_buf(i);
             *v = libc::iovec {
                 iov_base: buf.as_mut_ptr() as *mut libc::c_void,
-                iov_len: BUF_SIZE,
+                iov_len: BUF_SIZE - HEADROOM,
             };
         }
-        for (m, v) in msgs.iter_mut().zip(iov.iter_mut()) {
+        for ((m, v), c) in msgs.iter_mut().zip(iov.iter_mut()).zip(ctrl.iter_mut()) {
             m.msg_hdr.msg_iov = v;
             m.msg_hdr.msg_iovlen = 1;
+            m.msg_hdr.msg_control = c.as_mut_ptr() as *mut libc::c_void;
+            m.msg_hdr.msg_controllen = CTRL_LEN;
         }
         // SAFETY: msgs/iov point at BATCH live buffers of BUF_SIZE bytes in `rx`,
         // which outlives the call; the kernel writes at most iov_len bytes to each.
@@ -215,8 +255,12 @@ impl PacketSocket {
         let n = n as usize;
         for (i, m) in msgs.iter().enumerate().take(n) {
             let len = m.msg_len as usize;
-            rx.truncated[i] = len > BUF_SIZE || m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
-            rx.lens[i] = len.min(BUF_SIZE);
+            rx.truncated[i] =
+                len > BUF_SIZE - HEADROOM || m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+            rx.lens[i] = len.min(BUF_SIZE - HEADROOM);
+            if let Some((tpid, tci)) = stripped_vlan(&m.msg_hdr) {
+                rx.reinsert_vlan(i, tpid, tci);
+            }
         }
         rx.count = n;
         Ok(n)

@@ -20,9 +20,12 @@ use std::os::fd::RawFd;
 
 use ofproto::vnet_hdr::VNET_HDR_LEN;
 
-/// Room for a virtio-net header and the largest GSO super-frame (64 KiB of IP plus
-/// Ethernet and VLAN headers).
-pub const BUF_SIZE: usize = VNET_HDR_LEN + 65_535 + 64;
+/// Headroom in front of each receive slot, so a VLAN tag the kernel stripped into
+/// `PACKET_AUXDATA` can be put back inline by moving 22 bytes, not the frame.
+pub const HEADROOM: usize = 4;
+/// Room for headroom, a virtio-net header and the largest GSO super-frame (64 KiB of
+/// IP plus Ethernet and VLAN headers).
+pub const BUF_SIZE: usize = HEADROOM + VNET_HDR_LEN + 65_535 + 64;
 /// Frames read per system call.
 pub const BATCH: usize = 32;
 
@@ -45,6 +48,9 @@ pub enum NetdevError {
 /// touches become resident.
 pub struct RxBatch {
     storage: Vec<u8>,
+    /// Where slot `i`'s data starts within its buffer: `HEADROOM`, or 0 once a tag
+    /// was re-inserted.
+    starts: [usize; BATCH],
     lens: [usize; BATCH],
     /// Frames longer than the buffer (cut by the kernel); counted as rx errors.
     truncated: [bool; BATCH],
@@ -55,6 +61,7 @@ impl Default for RxBatch {
     fn default() -> Self {
         RxBatch {
             storage: vec![0; BATCH * BUF_SIZE],
+            starts: [HEADROOM; BATCH],
             lens: [0; BATCH],
             truncated: [false; BATCH],
             count: 0,
@@ -74,12 +81,43 @@ impl RxBatch {
     /// Slot `i`: virtio-net header followed by the frame.
     #[inline]
     pub fn slot(&self, i: usize) -> &[u8] {
-        &self.storage[i * BUF_SIZE..i * BUF_SIZE + self.lens[i]]
+        let at = i * BUF_SIZE + self.starts[i];
+        &self.storage[at..at + self.lens[i]]
     }
 
     #[inline]
     pub fn slot_mut(&mut self, i: usize) -> &mut [u8] {
-        &mut self.storage[i * BUF_SIZE..i * BUF_SIZE + self.lens[i]]
+        let at = i * BUF_SIZE + self.starts[i];
+        &mut self.storage[at..at + self.lens[i]]
+    }
+
+    /// Puts back an 802.1Q/802.1ad tag the kernel stripped from slot `i` (it reported
+    /// it in `PACKET_AUXDATA`), so that every frame carries its tags inline from here
+    /// on. Moves only the virtio-net header and the MAC addresses into the headroom,
+    /// and shifts the header's offsets past the tag.
+    pub fn reinsert_vlan(&mut self, i: usize, tpid: u16, tci: u16) {
+        let base = i * BUF_SIZE;
+        if self.starts[i] != HEADROOM || self.lens[i] < VNET_HDR_LEN + 12 {
+            return;
+        }
+        self.storage
+            .copy_within(base + HEADROOM..base + HEADROOM + VNET_HDR_LEN + 12, base);
+        let tag = base + VNET_HDR_LEN + 12;
+        self.storage[tag..tag + 2].copy_from_slice(&tpid.to_be_bytes());
+        self.storage[tag + 2..tag + 4].copy_from_slice(&tci.to_be_bytes());
+        self.starts[i] = 0;
+        self.lens[i] += HEADROOM;
+        let hdr_bytes: &mut [u8; VNET_HDR_LEN] = (&mut self.storage[base..base + VNET_HDR_LEN])
+            .try_into()
+            .unwrap();
+        let mut hdr = ofproto::vnet_hdr::VnetHdr::parse(hdr_bytes);
+        if hdr.needs_csum() {
+            hdr.csum_start += HEADROOM as u16;
+        }
+        if hdr.hdr_len != 0 {
+            hdr.hdr_len += HEADROOM as u16;
+        }
+        hdr.emit(hdr_bytes);
     }
 
     #[inline]
@@ -87,8 +125,10 @@ impl RxBatch {
         self.truncated[i]
     }
 
+    /// The receive area of slot `i` (after the headroom), reset for a new frame.
     fn slot_buf(&mut self, i: usize) -> &mut [u8] {
-        &mut self.storage[i * BUF_SIZE..(i + 1) * BUF_SIZE]
+        self.starts[i] = HEADROOM;
+        &mut self.storage[i * BUF_SIZE + HEADROOM..(i + 1) * BUF_SIZE]
     }
 }
 
