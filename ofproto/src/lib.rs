@@ -14,6 +14,7 @@ pub mod gso;
 pub mod mac;
 pub mod mac_learning;
 pub mod normal;
+pub mod vlan;
 pub mod vnet_hdr;
 
 pub use mac::MacAddr;
