@@ -331,6 +331,9 @@ mod tests {
         }
     }
 
+    /// (port, vlan, carried?, op for untagged input, a tagged input, op for it)
+    type EgressCase<'a> = (&'a PortVlan, u16, bool, TagOp, Option<u16>, TagOp);
+
     /// mode × VLAN → carried? and the tag rewrite for each kind of input frame.
     #[test]
     fn egress_table() {
@@ -340,7 +343,7 @@ mod tests {
         let nt = port(Some(NativeTagged), Some(20), &[30]);
         let nu = port(Some(NativeUntagged), Some(20), &[30]);
         // (port, vlan, carries, op for untagged input, op for input tagged PCP5/VID10 or VID-0 prio)
-        let cases: &[(&PortVlan, u16, bool, TagOp, Option<u16>, TagOp)] = &[
+        let cases: &[EgressCase] = &[
             (&access10, 10, true, TagOp::Keep, V10, TagOp::Strip),
             (&access10, 10, true, TagOp::Keep, PRIO, TagOp::Strip),
             (&access10, 20, false, TagOp::Keep, V10, TagOp::Strip),

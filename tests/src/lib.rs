@@ -80,6 +80,11 @@ impl Netns {
         let name = format!("vst-{}", uniq(tag));
         sh_ok(&format!("ip netns add {name}"));
         sh_ok(&format!("ip -n {name} link set lo up"));
+        // Test hosts speak IPv4 only; IPv6 router/neighbour chatter would otherwise
+        // show up in frame counts and captures.
+        sh_ok(&format!(
+            "ip netns exec {name} sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1"
+        ));
         Netns { name }
     }
 

@@ -30,8 +30,12 @@ Port commands:
   list-ports BRIDGE             print the ports of BRIDGE
   port-to-br PORT               print the bridge that contains PORT
   iface-to-br IFACE             print the bridge that contains IFACE
-Database commands:
-  set TABLE RECORD COLUMN[:KEY]=VALUE...         e.g. set Interface p0 type=internal
+Database commands (tables Bridge, Port, Interface):
+  set TABLE RECORD COLUMN[:KEY]=VALUE...         e.g. set Interface p0 type=internal, set Port vm1 tag=10
+  get TABLE RECORD COLUMN[:KEY]...               print values, e.g. get Port vm1 tag
+  list TABLE [RECORD]...                         print whole records
+  clear TABLE RECORD COLUMN...                   empty columns (Port), e.g. clear Port vm1 tag
+  remove TABLE RECORD COLUMN VALUE...            remove values (Port), e.g. remove Port up trunks 20
 Status:
   show                          print an overview of the configuration
   fdb-show BRIDGE               print the MAC learning table (like ovs-appctl fdb/show)
@@ -127,6 +131,31 @@ fn to_op(cmd: &Command) -> Result<Option<Op>, Failure> {
                 settings: settings(&a[2..])?,
             }
         }
+        "clear" => {
+            need(cmd, 3, usize::MAX, "TABLE RECORD COLUMN...")?;
+            Op::Clear {
+                table: a[0].clone(),
+                record: a[1].clone(),
+                columns: a[2..].to_vec(),
+            }
+        }
+        "remove" => {
+            need(cmd, 4, usize::MAX, "TABLE RECORD COLUMN VALUE...")?;
+            Op::Remove {
+                table: a[0].clone(),
+                record: a[1].clone(),
+                column: a[2].clone(),
+                values: a[3..].to_vec(),
+            }
+        }
+        "get" => {
+            need(cmd, 3, usize::MAX, "TABLE RECORD COLUMN[:KEY]...")?;
+            return Ok(None);
+        }
+        "list" => {
+            need(cmd, 1, usize::MAX, "TABLE [RECORD]...")?;
+            return Ok(None);
+        }
         "list-ports" | "fdb-show" | "port-stats" => {
             need(cmd, 1, 1, "BRIDGE")?;
             Op::AssertBridge {
@@ -196,6 +225,26 @@ fn run(g: &Global, cmds: &[Command]) -> Result<(), Failure> {
                 output::list(&mut out, g, std::iter::once(b));
             }
             "show" => output::show(&mut out, g, &state),
+            "get" => {
+                let row = output::row(&state, &a[0], &a[1])?;
+                for col in &a[2..] {
+                    output::get(&mut out, &row, col)
+                        .map_err(|e| format!("{e} (table {}, record {})", a[0], a[1]))?;
+                }
+            }
+            "list" => {
+                let records: Vec<String> = if a.len() > 1 {
+                    a[1..].to_vec()
+                } else {
+                    output::records(&state, &a[0])?
+                };
+                for (i, r) in records.iter().enumerate() {
+                    if i > 0 {
+                        out.push('\n');
+                    }
+                    output::list_row(&mut out, &output::row(&state, &a[0], r)?);
+                }
+            }
             "fdb-show" => {
                 let rows: Vec<rpc::FdbRow> =
                     serde_json::from_value(call(g, "fdb-show", json!({"bridge": a[0]}))?)?;

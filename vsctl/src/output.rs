@@ -46,6 +46,172 @@ pub fn list<'a>(out: &mut String, g: &Global, items: impl Iterator<Item = impl A
     }
 }
 
+/// Formats a set the way ovs-vsctl does: `[]`, `[10, 20]`.
+fn set<T: std::fmt::Display>(items: &[T]) -> String {
+    let v: Vec<String> = items.iter().map(|i| i.to_string()).collect();
+    format!("[{}]", v.join(", "))
+}
+
+fn opt<T: std::fmt::Display>(v: &Option<T>) -> String {
+    v.as_ref().map_or("[]".into(), |x| quote(&x.to_string()))
+}
+
+/// One record of a table as (column, formatted value) pairs, in ovs-vsctl's order.
+pub struct Row {
+    pub cols: Vec<(&'static str, String)>,
+    pub maps: Vec<(&'static str, std::collections::BTreeMap<String, String>)>,
+}
+
+fn norm(s: &str) -> String {
+    s.to_ascii_lowercase().replace('-', "_")
+}
+
+pub fn records(st: &State, table: &str) -> Result<Vec<String>, String> {
+    Ok(match norm(table).as_str() {
+        "bridge" => st.config.bridges.keys().cloned().collect(),
+        "port" | "interface" => st
+            .config
+            .bridges
+            .values()
+            .flat_map(|b| b.ports.keys().cloned())
+            .collect(),
+        _ => {
+            return Err(format!(
+                "unknown table \"{table}\" (expected Bridge, Port or Interface)"
+            ))
+        }
+    })
+}
+
+pub fn row(st: &State, table: &str, record: &str) -> Result<Row, String> {
+    let no_row = || format!("no row \"{record}\" in table {table}");
+    match norm(table).as_str() {
+        "bridge" => {
+            let b = st.config.bridges.get(record).ok_or_else(no_row)?;
+            let ports: Vec<&String> = b.ports.keys().collect();
+            Ok(Row {
+                cols: vec![
+                    ("name", quote(record)),
+                    ("datapath_type", quote(&b.datapath_type)),
+                    ("ports", set(&ports)),
+                ],
+                maps: vec![
+                    ("external_ids", b.external_ids.clone()),
+                    ("other_config", b.other_config.clone()),
+                ],
+            })
+        }
+        "port" => {
+            let p = st
+                .config
+                .bridges
+                .values()
+                .find_map(|b| b.ports.get(record))
+                .ok_or_else(no_row)?;
+            Ok(Row {
+                cols: vec![
+                    ("name", quote(record)),
+                    ("interfaces", set(&[record])),
+                    ("tag", opt(&p.tag)),
+                    ("trunks", set(&p.trunks)),
+                    ("vlan_mode", opt(&p.vlan_mode)),
+                ],
+                maps: vec![
+                    ("external_ids", p.external_ids.clone()),
+                    ("other_config", p.other_config.clone()),
+                ],
+            })
+        }
+        "interface" => {
+            let p = st
+                .config
+                .bridges
+                .values()
+                .find_map(|b| b.ports.get(record))
+                .ok_or_else(no_row)?;
+            let i = &p.interface;
+            let status = st.status.get(record);
+            Ok(Row {
+                cols: vec![
+                    ("name", quote(record)),
+                    (
+                        "type",
+                        if i.kind == vswitchd::config::IfaceType::System {
+                            "\"\"".into()
+                        } else {
+                            i.kind.to_string()
+                        },
+                    ),
+                    (
+                        "ofport",
+                        status.map_or("[]".into(), |s| s.ofport.to_string()),
+                    ),
+                    ("ofport_request", opt(&i.ofport_request)),
+                    (
+                        "error",
+                        status
+                            .and_then(|s| s.error.clone())
+                            .map_or("[]".into(), |e| format!("{e:?}")),
+                    ),
+                    (
+                        "mac_in_use",
+                        status
+                            .and_then(|s| s.mac_in_use.clone())
+                            .map_or("[]".into(), |m| format!("{m:?}")),
+                    ),
+                ],
+                maps: vec![
+                    ("external_ids", i.external_ids.clone()),
+                    ("options", i.options.clone()),
+                ],
+            })
+        }
+        _ => Err(format!(
+            "unknown table \"{table}\" (expected Bridge, Port or Interface)"
+        )),
+    }
+}
+
+/// `get`: one value per line; `COLUMN:KEY` picks a map entry.
+pub fn get(out: &mut String, row: &Row, spec: &str) -> Result<(), String> {
+    let (col, key) = match spec.split_once(':') {
+        Some((c, k)) => (norm(c), Some(k)),
+        None => (norm(spec), None),
+    };
+    if let Some((_, v)) = row.cols.iter().find(|(c, _)| *c == col) {
+        if key.is_some() {
+            return Err(format!("column {col} is not a map"));
+        }
+        let _ = writeln!(out, "{v}");
+        return Ok(());
+    }
+    if let Some((_, m)) = row.maps.iter().find(|(c, _)| *c == col) {
+        match key {
+            Some(k) => match m.get(k) {
+                Some(v) => {
+                    let _ = writeln!(out, "{}", quote(v));
+                }
+                None => return Err(format!("no key \"{k}\" in column {col}")),
+            },
+            None => {
+                let _ = writeln!(out, "{}", map(m));
+            }
+        }
+        return Ok(());
+    }
+    Err(format!("no column named {col}"))
+}
+
+/// `list`: every column as `name : value`, aligned as ovs-vsctl does.
+pub fn list_row(out: &mut String, row: &Row) {
+    let mut all: Vec<(&str, String)> = row.cols.iter().map(|(c, v)| (*c, v.clone())).collect();
+    all.extend(row.maps.iter().map(|(c, m)| (*c, map(m))));
+    all.sort_by(|a, b| a.0.cmp(b.0));
+    for (c, v) in all {
+        let _ = writeln!(out, "{c:<19}: {v}");
+    }
+}
+
 pub fn show(out: &mut String, g: &Global, st: &State) {
     if g.format == Format::Json {
         let _ = writeln!(out, "{}", serde_json::to_string(st).unwrap_or_default());
@@ -58,6 +224,15 @@ pub fn show(out: &mut String, g: &Global, st: &State) {
         }
         for (pname, p) in &b.ports {
             let _ = writeln!(out, "        Port {pname}");
+            if let Some(t) = p.tag {
+                let _ = writeln!(out, "            tag: {t}");
+            }
+            if !p.trunks.is_empty() {
+                let _ = writeln!(out, "            trunks: {}", set(&p.trunks));
+            }
+            if let Some(m) = &p.vlan_mode {
+                let _ = writeln!(out, "            vlan_mode: {m}");
+            }
             let i = &p.interface;
             let _ = writeln!(out, "            Interface {pname}");
             if i.kind != vswitchd::config::IfaceType::System {

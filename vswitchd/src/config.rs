@@ -44,6 +44,16 @@ pub struct Bridge {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Port {
     pub interface: Interface,
+    /// Access VLAN, or native VLAN in the native modes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<u16>,
+    /// VLANs a trunk carries; empty means all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trunks: Vec<u16>,
+    /// `access`, `trunk`, `native-tagged` or `native-untagged`; unset: access if
+    /// `tag` is set, else trunk.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vlan_mode: Option<String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub other_config: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -138,6 +148,8 @@ pub enum ConfigError {
         column: String,
         reason: String,
     },
+    #[error("clear and remove work on table Port only for now, not \"{0}\"")]
+    UnsupportedTable(String),
     #[error("invalid name \"{name}\": {reason}")]
     BadName { name: String, reason: &'static str },
     #[error("interface {0}: a patch port needs options:peer naming the port at the other end")]
@@ -233,6 +245,19 @@ fn parse_u64_in(
             column: column.to_string(),
             reason: format!("\"{v}\" is not an integer between {lo} and {hi}"),
         }),
+    }
+}
+
+impl Port {
+    /// The port's VLAN rules for the datapath (values were validated at commit).
+    pub fn vlan(&self) -> ofproto::vlan::PortVlan {
+        ofproto::vlan::PortVlan::new(
+            self.tag,
+            self.trunks.iter().copied(),
+            self.vlan_mode
+                .as_deref()
+                .and_then(ofproto::vlan::VlanMode::parse),
+        )
     }
 }
 
@@ -403,6 +428,75 @@ impl Config {
                 Some(_) => Ok(()),
                 None => Err(ConfigError::NoPort(port.clone())),
             },
+            Op::Clear {
+                table,
+                record,
+                columns,
+            } => {
+                let p = self.port_row(table, record)?;
+                for c in columns {
+                    match norm(c).as_str() {
+                        "tag" => p.tag = None,
+                        "trunks" => p.trunks.clear(),
+                        "vlan_mode" => p.vlan_mode = None,
+                        "other_config" => p.other_config.clear(),
+                        "external_ids" => p.external_ids.clear(),
+                        _ => {
+                            return Err(ConfigError::UnknownColumn {
+                                table: "Port",
+                                column: c.clone(),
+                            })
+                        }
+                    }
+                }
+                Ok(())
+            }
+            Op::Remove {
+                table,
+                record,
+                column,
+                values,
+            } => {
+                let p = self.port_row(table, record)?;
+                match norm(column).as_str() {
+                    "trunks" => {
+                        let gone = parse_vlan_list("trunks", &values.join(","))?;
+                        p.trunks.retain(|v| !gone.contains(v));
+                    }
+                    "tag" => {
+                        let gone = parse_vlan_list("tag", &values.join(","))?;
+                        if p.tag.is_some_and(|t| gone.contains(&t)) {
+                            p.tag = None;
+                        }
+                    }
+                    "other_config" | "external_ids" => {
+                        let map = if norm(column) == "other_config" {
+                            &mut p.other_config
+                        } else {
+                            &mut p.external_ids
+                        };
+                        for v in values {
+                            // Either a key, or key=value (removed only if the value matches).
+                            match v.split_once('=') {
+                                Some((k, val)) if map.get(k).map(String::as_str) == Some(val) => {
+                                    map.remove(k);
+                                }
+                                Some(_) => {}
+                                None => {
+                                    map.remove(v.as_str());
+                                }
+                            }
+                        }
+                    }
+                    _ => {
+                        return Err(ConfigError::UnknownColumn {
+                            table: "Port",
+                            column: column.clone(),
+                        })
+                    }
+                }
+                Ok(())
+            }
             Op::Set {
                 table,
                 record,
@@ -441,6 +535,27 @@ impl Config {
                 Ok(())
             }
         }
+    }
+
+    /// The Port row `record`, for ops that only Port supports so far.
+    fn port_row(&mut self, table: &str, record: &str) -> Result<&mut Port, ConfigError> {
+        if norm(table) != "port" {
+            return Err(ConfigError::UnsupportedTable(table.to_string()));
+        }
+        let br = self
+            .port_bridge(record)
+            .ok_or_else(|| ConfigError::NoRow {
+                table: table.to_string(),
+                record: record.to_string(),
+            })?
+            .to_string();
+        Ok(self
+            .bridges
+            .get_mut(&br)
+            .unwrap()
+            .ports
+            .get_mut(record)
+            .unwrap())
     }
 
     /// Checks rules that involve more than one op or one row.
@@ -546,8 +661,65 @@ fn set_bridge_column(b: &mut Bridge, s: &Setting) -> Result<(), ConfigError> {
     }
 }
 
+/// Parses VLAN IDs as ovs-vsctl writes them: `10`, `10,20`, `[10, 20]`, `[]`.
+pub fn parse_vlan_list(column: &str, v: &str) -> Result<Vec<u16>, ConfigError> {
+    let inner = v.trim().trim_start_matches('[').trim_end_matches(']');
+    let mut out = Vec::new();
+    for item in inner.split([',', ' ']).filter(|s| !s.is_empty()) {
+        match item.parse::<u16>() {
+            Ok(n) if n <= ofproto::vlan::VID_MAX => out.push(n),
+            _ => {
+                return Err(ConfigError::BadValue {
+                    table: "Port",
+                    column: column.to_string(),
+                    reason: format!("\"{item}\" is not a VLAN ID (0 to 4095)"),
+                })
+            }
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
+}
+
 fn set_port_column(p: &mut Port, s: &Setting) -> Result<(), ConfigError> {
     match norm(&s.column).as_str() {
+        "tag" => {
+            no_key("Port", s)?;
+            let v = parse_vlan_list("tag", &s.value)?;
+            if v.len() > 1 {
+                return Err(ConfigError::BadValue {
+                    table: "Port",
+                    column: "tag".into(),
+                    reason: format!("\"{}\" is more than one VLAN ID", s.value),
+                });
+            }
+            p.tag = v.first().copied();
+            Ok(())
+        }
+        "trunks" | "trunk" => {
+            no_key("Port", s)?;
+            p.trunks = parse_vlan_list("trunks", &s.value)?;
+            Ok(())
+        }
+        "vlan_mode" => {
+            no_key("Port", s)?;
+            if s.value.is_empty() || s.value == "[]" {
+                p.vlan_mode = None;
+            } else if ofproto::vlan::VlanMode::parse(&s.value).is_some() {
+                p.vlan_mode = Some(s.value.clone());
+            } else {
+                return Err(ConfigError::BadValue {
+                    table: "Port",
+                    column: "vlan_mode".into(),
+                    reason: format!(
+                        "unknown VLAN mode \"{}\" (expected access, trunk, native-tagged or native-untagged)",
+                        s.value
+                    ),
+                });
+            }
+            Ok(())
+        }
         "other_config" => set_map(&mut p.other_config, "Port", s),
         "external_ids" => set_map(&mut p.external_ids, "Port", s),
         _ => Err(ConfigError::UnknownColumn {
@@ -805,6 +977,60 @@ mod tests {
         assert_eq!(
             c.bridges["br0"].ports["p1"].interface.external_ids["vm-id"],
             "42"
+        );
+    }
+
+    #[test]
+    fn vlan_columns_validate_and_edit() {
+        let mut c = Config::default();
+        c.transact(&[
+            add_br("br0"),
+            Op::AddPort {
+                bridge: "br0".into(),
+                port: "vm4".into(),
+                may_exist: false,
+                settings: vec![Setting::parse("tag=10").unwrap()],
+            },
+            add_port("br0", "up"),
+        ])
+        .unwrap();
+        assert_eq!(c.bridges["br0"].ports["vm4"].tag, Some(10));
+        c.transact(&[set("port", "up", "trunks=[30, 10,20]")])
+            .unwrap();
+        assert_eq!(c.bridges["br0"].ports["up"].trunks, vec![10, 20, 30]);
+        c.transact(&[Op::Remove {
+            table: "Port".into(),
+            record: "up".into(),
+            column: "trunks".into(),
+            values: vec!["20".into()],
+        }])
+        .unwrap();
+        assert_eq!(c.bridges["br0"].ports["up"].trunks, vec![10, 30]);
+        c.transact(&[Op::Clear {
+            table: "Port".into(),
+            record: "vm4".into(),
+            columns: vec!["tag".into()],
+        }])
+        .unwrap();
+        assert_eq!(c.bridges["br0"].ports["vm4"].tag, None);
+        let before = c.clone();
+        for bad in [
+            "tag=4096",
+            "tag=ten",
+            "tag=1,2",
+            "trunks=10,x",
+            "vlan_mode=hybrid",
+            "trunks=-1",
+        ] {
+            let e = c.transact(&[set("Port", "up", bad)]).unwrap_err();
+            assert!(matches!(e, ConfigError::BadValue { .. }), "{bad}: {e}");
+        }
+        assert_eq!(c, before, "a refused VLAN change left something behind");
+        c.transact(&[set("Port", "up", "vlan_mode=native-untagged")])
+            .unwrap();
+        assert_eq!(
+            c.bridges["br0"].ports["up"].vlan().mode,
+            ofproto::vlan::VlanMode::NativeUntagged
         );
     }
 

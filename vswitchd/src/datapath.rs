@@ -30,13 +30,14 @@ use ofproto::ethernet::EthernetFrame;
 use ofproto::gso;
 use ofproto::mac_learning::{MacEntry, MacTable};
 use ofproto::normal::{normal, Normal};
+use ofproto::vlan::{PortVlan, TagOp};
 use ofproto::vnet_hdr::{VnetHdr, VNET_HDR_LEN};
-use ofproto::PortNo;
+use ofproto::{MacAddr, PortNo};
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
 use crate::netdev::poll::{Epoll, EventFd};
-use crate::netdev::{Netdev, RxBatch, TxBatch, BATCH};
+use crate::netdev::{Netdev, RxBatch, TxBatch, TxStore, BATCH};
 use crate::stats::PortStats;
 
 /// How deep a frame may travel through chained patch ports (a loop of patch pairs
@@ -66,8 +67,21 @@ pub struct PortRt {
     pub bridge: usize,
     pub ofport: PortNo,
     pub kind: PortKind,
+    pub vlan: PortVlan,
     pub stats: Arc<PortStats>,
 }
+
+/// One frame queued for a port: its receive slot and the outer tag it must leave
+/// with (`None`: untagged). The send path compares that with the tag the frame
+/// carries and strips, pushes or rewrites it without copying the frame.
+#[derive(Clone, Copy)]
+struct TxItem {
+    slot: u16,
+    tag: Option<u16>,
+}
+
+/// Length of a rewritten frame prefix: virtio-net header, MAC addresses, one tag.
+const PREFIX_LEN: usize = VNET_HDR_LEN + 12 + 4;
 
 pub struct BridgeRt {
     pub name: String,
@@ -156,11 +170,15 @@ struct Worker {
     snap: Arc<Snapshot>,
     mac: Vec<MacTable>,
     rx: RxBatch,
-    /// Per output port: indices of receive slots to send.
-    txq: Vec<Vec<u16>>,
+    /// Per output port: frames to send.
+    txq: Vec<Vec<TxItem>>,
     /// Ports with something in `txq`, in first-use order.
     pending: Vec<usize>,
-    iov_store: Vec<libc::iovec>,
+    tx_store: TxStore,
+    /// Rewritten prefixes (header, MACs, new tag) of frames whose tag changes.
+    prefixes: Vec<[u8; PREFIX_LEN]>,
+    /// Frames materialized with their new tag for ports that need a copy anyway.
+    tag_buf: Vec<u8>,
     seg_buf: Vec<u8>,
     seg_ranges: Vec<Range<usize>>,
     epoch: Instant,
@@ -181,7 +199,9 @@ impl Worker {
             rx: RxBatch::default(),
             txq: Vec::new(),
             pending: Vec::with_capacity(64),
-            iov_store: Vec::with_capacity(PREALLOC_SEGMENTS),
+            tx_store: TxStore::with_capacity(PREALLOC_SEGMENTS),
+            prefixes: Vec::with_capacity(BATCH * 4),
+            tag_buf: Vec::with_capacity(crate::netdev::BUF_SIZE + 4),
             seg_buf: Vec::with_capacity(BATCH * crate::netdev::BUF_SIZE + PREALLOC_SEGMENTS * 128),
             seg_ranges: Vec::with_capacity(PREALLOC_SEGMENTS),
             epoch: Instant::now(),
@@ -351,11 +371,12 @@ impl Worker {
                 };
                 c.packets += 1;
                 c.bytes += (slot.len() - VNET_HDR_LEN) as u64;
-                let (src, dst) = (eth.src(), eth.dst());
-                // Until per-port VLAN modes exist every port is a trunk of all VLANs
-                // (Open vSwitch's default): learning is per VLAN of the frame's tag.
-                let vlan = eth.vlan_tci().map_or(0, |tci| tci & 0x0fff);
-                if !self.forward(&snap, i as u16, port, vlan, src, dst, 0) {
+                let (src, dst, tci) = (eth.src(), eth.dst(), eth.vlan_tci());
+                let Ok(vlan) = p.vlan.input(tci) else {
+                    c.dropped += 1;
+                    continue;
+                };
+                if !self.forward(&snap, i as u16, port, vlan, tci, src, dst, 0) {
                     c.dropped += 1;
                 }
             }
@@ -376,8 +397,9 @@ impl Worker {
         slot: u16,
         in_port: usize,
         vlan: u16,
-        src: ofproto::MacAddr,
-        dst: ofproto::MacAddr,
+        tci: Option<u16>,
+        src: MacAddr,
+        dst: MacAddr,
         depth: u8,
     ) -> bool {
         let p = &snap.ports[in_port];
@@ -385,16 +407,16 @@ impl Worker {
         let (decision, _) = normal(&mut self.mac[p.bridge], p.ofport, vlan, src, dst, self.now);
         match decision {
             Normal::Output(of) => match br.by_ofport.get(&of) {
-                Some(&out) => {
-                    self.output(snap, slot, out, vlan, src, dst, depth);
+                Some(&out) if snap.ports[out].vlan.carries(vlan) => {
+                    self.output(snap, slot, out, vlan, tci, src, dst, depth);
                     true
                 }
-                None => false,
+                _ => false,
             },
             Normal::Flood => {
                 for &out in &br.ports {
-                    if out != in_port {
-                        self.output(snap, slot, out, vlan, src, dst, depth);
+                    if out != in_port && snap.ports[out].vlan.carries(vlan) {
+                        self.output(snap, slot, out, vlan, tci, src, dst, depth);
                     }
                 }
                 true
@@ -410,28 +432,36 @@ impl Worker {
         slot: u16,
         out: usize,
         vlan: u16,
-        src: ofproto::MacAddr,
-        dst: ofproto::MacAddr,
+        tci: Option<u16>,
+        src: MacAddr,
+        dst: MacAddr,
         depth: u8,
     ) {
         let p = &snap.ports[out];
+        // The outer tag the frame has once it leaves this port.
+        let tag = match p.vlan.tag_op(vlan, tci) {
+            TagOp::Keep => tci,
+            TagOp::Strip => None,
+            TagOp::Push(t) | TagOp::Rewrite(t) => Some(t),
+        };
         match &p.kind {
             PortKind::Device(_) => {
                 let q = &mut self.txq[out];
                 if q.is_empty() {
                     self.pending.push(out);
                 }
-                q.push(slot);
+                q.push(TxItem { slot, tag });
             }
             PortKind::Patch { peer: Some(peer) } if depth < MAX_PATCH_DEPTH => {
                 let len = (self.rx.slot(usize::from(slot)).len() - VNET_HDR_LEN) as u64;
                 p.stats.add_tx(1, len, 0, 0);
-                let peer_stats = &snap.ports[*peer].stats;
-                if self.forward(snap, slot, *peer, vlan, src, dst, depth + 1) {
-                    peer_stats.add_rx(1, len, 0, 0);
-                } else {
-                    peer_stats.add_rx(1, len, 1, 0);
-                }
+                let peer_port = &snap.ports[*peer];
+                // The frame enters the peer bridge as it would have left this port.
+                let admitted = match peer_port.vlan.input(tag) {
+                    Ok(v) => self.forward(snap, slot, *peer, v, tag, src, dst, depth + 1),
+                    Err(_) => false,
+                };
+                peer_port.stats.add_rx(1, len, u64::from(!admitted), 0);
             }
             _ => p.stats.add_tx(0, 0, 1, 0),
         }
@@ -445,20 +475,49 @@ impl Worker {
                 continue;
             };
             let q = &mut self.txq[out];
-            let mut tx = TxBatch::new(std::mem::take(&mut self.iov_store));
             let mut errors = 0;
+            // First pass: rewritten prefixes for frames whose tag changes. Done before
+            // any iovec points into `prefixes`, so its growth cannot move them.
+            self.prefixes.clear();
+            for item in q.iter() {
+                let slot = self.rx.slot(usize::from(item.slot));
+                if let Some(prefix) = retag_prefix(slot, item.tag) {
+                    self.prefixes.push(prefix);
+                }
+            }
+            let mut tx = TxBatch::new(std::mem::take(&mut self.tx_store));
             if dev.takes_vnet_hdr() {
-                for &i in q.iter() {
-                    tx.push(self.rx.slot(usize::from(i)));
+                let mut k = 0;
+                for item in q.iter() {
+                    let slot = self.rx.slot(usize::from(item.slot));
+                    match rest_after_prefix(slot, item.tag) {
+                        None => tx.push(slot),
+                        Some((prefix_len, rest)) => {
+                            tx.push_parts(&[&self.prefixes[k][..prefix_len], rest]);
+                            k += 1;
+                        }
+                    }
                 }
             } else {
                 // This port cannot take offloaded frames: finish them here.
                 self.seg_buf.clear();
                 self.seg_ranges.clear();
-                for &i in q.iter() {
-                    let slot = self.rx.slot(usize::from(i));
-                    let hdr = VnetHdr::parse(slot[..VNET_HDR_LEN].try_into().unwrap());
-                    let frame = &slot[VNET_HDR_LEN..];
+                let mut k = 0;
+                for item in q.iter() {
+                    let slot = self.rx.slot(usize::from(item.slot));
+                    let whole: &[u8] = match rest_after_prefix(slot, item.tag) {
+                        None => slot,
+                        Some((prefix_len, rest)) => {
+                            self.tag_buf.clear();
+                            self.tag_buf
+                                .extend_from_slice(&self.prefixes[k][..prefix_len]);
+                            self.tag_buf.extend_from_slice(rest);
+                            k += 1;
+                            &self.tag_buf
+                        }
+                    };
+                    let hdr = VnetHdr::parse(whole[..VNET_HDR_LEN].try_into().unwrap());
+                    let frame = &whole[VNET_HDR_LEN..];
                     if hdr.is_gso() {
                         if gso::segment(frame, &hdr, &mut self.seg_buf, &mut self.seg_ranges)
                             .is_err()
@@ -483,9 +542,66 @@ impl Worker {
             let r = dev.send(&tx);
             p.stats
                 .add_tx(r.sent, r.bytes, r.dropped, r.errors + errors);
-            self.iov_store = tx.into_store();
+            self.tx_store = tx.into_store();
             q.clear();
         }
         self.pending.clear();
     }
+}
+
+/// The outer tag's TCI of the frame in `slot` (virtio-net header + frame).
+fn slot_tci(slot: &[u8]) -> Option<u16> {
+    EthernetFrame::new_checked(slot.get(VNET_HDR_LEN..)?)
+        .ok()?
+        .vlan_tci()
+}
+
+/// For a frame that must leave with outer tag `want`, the bytes that replace its
+/// beginning — virtio-net header (offsets shifted by the tag's size), MAC
+/// addresses, and the new tag if any — or `None` when the frame leaves unchanged.
+fn retag_prefix(slot: &[u8], want: Option<u16>) -> Option<[u8; PREFIX_LEN]> {
+    let have = slot_tci(slot);
+    if have == want {
+        return None;
+    }
+    let mut prefix = [0u8; PREFIX_LEN];
+    prefix[..VNET_HDR_LEN + 12].copy_from_slice(&slot[..VNET_HDR_LEN + 12]);
+    let hdr_bytes: &mut [u8; VNET_HDR_LEN] = (&mut prefix[..VNET_HDR_LEN]).try_into().unwrap();
+    let mut hdr = VnetHdr::parse(hdr_bytes);
+    let shift = |v: u16| match (have.is_some(), want.is_some()) {
+        (false, true) => v + 4,
+        (true, false) => v.saturating_sub(4),
+        _ => v,
+    };
+    if hdr.needs_csum() {
+        hdr.csum_start = shift(hdr.csum_start);
+    }
+    if hdr.hdr_len != 0 {
+        hdr.hdr_len = shift(hdr.hdr_len);
+    }
+    hdr.emit(hdr_bytes);
+    if let Some(tci) = want {
+        // A rewrite keeps the frame's TPID (802.1Q or 802.1ad); a push is 802.1Q.
+        let tpid = if have.is_some() {
+            [slot[VNET_HDR_LEN + 12], slot[VNET_HDR_LEN + 13]]
+        } else {
+            [0x81, 0x00]
+        };
+        prefix[VNET_HDR_LEN + 12..VNET_HDR_LEN + 14].copy_from_slice(&tpid);
+        prefix[VNET_HDR_LEN + 14..].copy_from_slice(&tci.to_be_bytes());
+    }
+    Some(prefix)
+}
+
+/// When the frame's tag changes: how much of the prefix to send and the unchanged
+/// rest of the frame that follows it.
+fn rest_after_prefix(slot: &[u8], want: Option<u16>) -> Option<(usize, &[u8])> {
+    let have = slot_tci(slot);
+    if have == want {
+        return None;
+    }
+    let after_macs = VNET_HDR_LEN + 12;
+    let rest = &slot[after_macs + if have.is_some() { 4 } else { 0 }..];
+    let prefix_len = after_macs + if want.is_some() { 4 } else { 0 };
+    Some((prefix_len, rest))
 }

@@ -185,6 +185,7 @@ impl Devices {
                     bridge: bi,
                     ofport,
                     kind,
+                    vlan: p.vlan(),
                     stats: self.stats_for(pname),
                 });
                 br.ports.push(i);

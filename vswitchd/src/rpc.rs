@@ -73,6 +73,19 @@ pub enum Op {
         record: String,
         settings: Vec<Setting>,
     },
+    /// Empties columns (`vsctl clear TABLE RECORD COLUMN...`).
+    Clear {
+        table: String,
+        record: String,
+        columns: Vec<String>,
+    },
+    /// Removes values from a set or map column (`vsctl remove TABLE RECORD COLUMN VALUE...`).
+    Remove {
+        table: String,
+        record: String,
+        column: String,
+        values: Vec<String>,
+    },
     /// Fails the transaction unless the bridge exists (a read command chained after
     /// writes, e.g. `add-port br0 p1 -- list-ports br9`, must abort the writes).
     AssertBridge { bridge: String },

@@ -272,15 +272,16 @@ impl PacketSocket {
             None => self.rx.as_raw_fd(),
         };
         let mut res = TxResult::default();
-        let iov = &tx.iov;
+        let total = tx.len();
         let mut done = 0;
-        while done < iov.len() {
-            let chunk = (iov.len() - done).min(BATCH);
+        while done < total {
+            let chunk = (total - done).min(BATCH);
             // SAFETY: plain old data; all-zero is valid.
             let mut msgs: [libc::mmsghdr; BATCH] = unsafe { mem::zeroed() };
             for (i, m) in msgs.iter_mut().enumerate().take(chunk) {
-                m.msg_hdr.msg_iov = &iov[done + i] as *const libc::iovec as *mut libc::iovec;
-                m.msg_hdr.msg_iovlen = 1;
+                let parts = tx.parts(done + i);
+                m.msg_hdr.msg_iov = parts.as_ptr() as *mut libc::iovec;
+                m.msg_hdr.msg_iovlen = parts.len();
             }
             // SAFETY: every msg points at one iovec in `tx`, whose frames are borrowed
             // for the batch's lifetime; the kernel only reads them.
@@ -305,7 +306,7 @@ impl PacketSocket {
                 continue;
             }
             if is_congestion(&e) {
-                res.dropped += (iov.len() - done) as u64;
+                res.dropped += (total - done) as u64;
                 break;
             }
             // The first frame of the chunk was refused; skip it and go on.

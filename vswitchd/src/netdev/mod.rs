@@ -132,42 +132,83 @@ impl RxBatch {
     }
 }
 
-/// Frames queued for one send call. Built from a reusable vector so steady-state
-/// sending allocates nothing; the lifetime ties the queued frames to the buffers
-/// they point into.
+/// Frames queued for one send call, each made of one or more parts (a rewritten
+/// header prefix and the untouched rest of the frame, when a VLAN tag changes).
+/// Built from reusable vectors so steady-state sending allocates nothing; the
+/// lifetime ties the queued parts to the buffers they point into.
 pub struct TxBatch<'a> {
     iov: Vec<libc::iovec>,
+    /// Per frame: index of its first iovec and how many it has.
+    msgs: Vec<(u32, u32)>,
     _frames: PhantomData<&'a [u8]>,
+}
+
+/// The reusable storage behind a [`TxBatch`].
+#[derive(Default)]
+pub struct TxStore {
+    iov: Vec<libc::iovec>,
+    msgs: Vec<(u32, u32)>,
+}
+
+impl TxStore {
+    pub fn with_capacity(frames: usize) -> TxStore {
+        TxStore {
+            iov: Vec::with_capacity(frames * 2),
+            msgs: Vec::with_capacity(frames),
+        }
+    }
 }
 
 impl<'a> TxBatch<'a> {
     /// Wraps `store` (emptied first); give it back with [`TxBatch::into_store`].
-    pub fn new(mut store: Vec<libc::iovec>) -> TxBatch<'a> {
-        store.clear();
+    pub fn new(store: TxStore) -> TxBatch<'a> {
+        let TxStore { mut iov, mut msgs } = store;
+        iov.clear();
+        msgs.clear();
         TxBatch {
-            iov: store,
+            iov,
+            msgs,
             _frames: PhantomData,
         }
     }
 
+    /// Queues a frame held in one buffer.
     #[inline]
     pub fn push(&mut self, frame: &'a [u8]) {
-        self.iov.push(libc::iovec {
-            iov_base: frame.as_ptr() as *mut libc::c_void,
-            iov_len: frame.len(),
-        });
+        self.push_parts(&[frame]);
+    }
+
+    /// Queues a frame whose bytes are the concatenation of `parts`.
+    #[inline]
+    pub fn push_parts(&mut self, parts: &[&'a [u8]]) {
+        self.msgs.push((self.iov.len() as u32, parts.len() as u32));
+        for p in parts {
+            self.iov.push(libc::iovec {
+                iov_base: p.as_ptr() as *mut libc::c_void,
+                iov_len: p.len(),
+            });
+        }
     }
 
     pub fn len(&self) -> usize {
-        self.iov.len()
+        self.msgs.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.iov.is_empty()
+        self.msgs.is_empty()
     }
 
-    pub fn into_store(self) -> Vec<libc::iovec> {
-        self.iov
+    /// The iovecs of frame `i`.
+    fn parts(&self, i: usize) -> &[libc::iovec] {
+        let (start, n) = self.msgs[i];
+        &self.iov[start as usize..(start + n) as usize]
+    }
+
+    pub fn into_store(self) -> TxStore {
+        TxStore {
+            iov: self.iov,
+            msgs: self.msgs,
+        }
     }
 }
 

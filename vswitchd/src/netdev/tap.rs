@@ -76,16 +76,21 @@ impl Tap {
 
     pub fn send(&self, tx: &TxBatch<'_>) -> TxResult {
         let mut res = TxResult::default();
-        for v in &tx.iov {
-            // SAFETY: the iovec points into a frame borrowed for the batch's lifetime.
-            let frame = unsafe { std::slice::from_raw_parts(v.iov_base as *const u8, v.iov_len) };
-            match self.dev.send(frame) {
-                Ok(_) => {
-                    res.sent += 1;
-                    res.bytes += (frame.len() - VNET_HDR_LEN.min(frame.len())) as u64;
+        for i in 0..tx.len() {
+            let parts = tx.parts(i);
+            // SAFETY: the iovecs point into buffers borrowed for the batch's lifetime;
+            // writev only reads them. One writev is one frame on a TAP.
+            let n = unsafe { libc::writev(self.fd(), parts.as_ptr(), parts.len() as libc::c_int) };
+            if n >= 0 {
+                res.sent += 1;
+                res.bytes += (n as usize).saturating_sub(VNET_HDR_LEN) as u64;
+            } else {
+                let e = io::Error::last_os_error();
+                if is_congestion(&e) {
+                    res.dropped += 1;
+                } else {
+                    res.errors += 1;
                 }
-                Err(e) if is_congestion(&e) => res.dropped += 1,
-                Err(_) => res.errors += 1,
             }
         }
         res
