@@ -38,6 +38,9 @@ NS_A, NS_B = f"vsb-a-{PID}", f"vsb-b-{PID}"
 VA, VB = f"vsba{PID % 100000}", f"vsbb{PID % 100000}"
 IP_A, IP_B = "10.199.0.1", "10.199.0.2"
 KINDS = ["vswitchd", "ovs", "ovs-tso", "bridge", "veth"]
+# Extra cases, by --kinds: two bridges joined by a veth, untagged and as
+# access→trunk→access (VLAN 10), to compare tagged with untagged forwarding.
+EXTRA_KINDS = ["vswitchd-2br", "vswitchd-vlan"]
 
 
 def sh(cmd, check=True, capture=True):
@@ -87,6 +90,7 @@ class Topology:
         self.pid = None
         self.procs = []
         self.ovs_br = None
+        self.links = []
 
     # -- building -------------------------------------------------------------
     def up(self):
@@ -118,12 +122,35 @@ class Topology:
         sh(f"ip link add {self.br} type bridge && ip link set {self.br} up")
         sh(f"ip link set {VA} master {self.br} && ip link set {VB} master {self.br}")
 
-    def up_vswitchd(self):
+    def _start_vswitchd(self):
+        """Starts our daemon; returns the vsctl command prefix."""
         sock = os.path.join(self.tmp, "vswitchd.sock")
         sh(f"{BIN}/vswitchd --rundir {self.tmp} --db {self.tmp}/conf.json --detach --pidfile {self.tmp}/pid --log-level warn")
         self.pid = int(open(f"{self.tmp}/pid").read())
-        v = f"{BIN}/vsctl --db=unix:{sock}"
+        return f"{BIN}/vsctl --db=unix:{sock}"
+
+    def up_vswitchd(self):
+        v = self._start_vswitchd()
         sh(f"{v} add-br vsbr{PID % 100000} -- add-port vsbr{PID % 100000} {VA} -- add-port vsbr{PID % 100000} {VB}")
+
+    def _two_bridges(self, vlan):
+        """A → br0 → veth → br1 → B: with `vlan`, A and B are access ports in VLAN 10
+        and the veth between the bridges is a trunk (access→trunk→access)."""
+        v = self._start_vswitchd()
+        t0, t1 = f"vsbt{PID % 100000}", f"vsbu{PID % 100000}"
+        sh(f"ip link add {t0} type veth peer name {t1}")
+        self.links.append(t0)
+        b0, b1 = f"vsb0{PID % 100000}", f"vsb1{PID % 100000}"
+        acc = " tag=10" if vlan else ""
+        trk = " trunks=10" if vlan else ""
+        sh(f"{v} add-br {b0} -- add-br {b1} -- add-port {b0} {VA}{acc} -- add-port {b0} {t0}{trk}"
+           f" -- add-port {b1} {t1}{trk} -- add-port {b1} {VB}{acc}")
+
+    def up_vswitchd_2br(self):
+        self._two_bridges(False)
+
+    def up_vswitchd_vlan(self):
+        self._two_bridges(True)
 
     def _ovs(self, tso):
         t = self.tmp
@@ -153,8 +180,10 @@ class Topology:
             if p.poll() is None:
                 p.kill()
                 p.wait()
-        if self.kind == "vswitchd" and self.pid:
+        if self.kind.startswith("vswitchd") and self.pid:
             self._stop(self.pid)
+        for link in self.links:
+            sh(f"ip link del {link}", check=False)
         if self.kind.startswith("ovs"):
             # OVS makes its netdev bridges' TAPs persistent: remove the bridge first.
             sh(f"ovs-vsctl --db=unix:{self.tmp}/db.sock --timeout=5 --if-exists del-br {self.ovs_br}", check=False)
@@ -283,8 +312,9 @@ def median(runs, kind, key):
 
 
 def table(runs, kinds):
-    others = [k for k in ("ovs", "ovs-tso", "bridge") if k in kinds]
-    cols = kinds + [f"vswitchd/{o}" for o in others]
+    base = "vswitchd" if "vswitchd" in kinds else kinds[0]
+    others = [k for k in ("ovs", "ovs-tso", "bridge", "vswitchd-2br") if k in kinds and k != base]
+    cols = kinds + [f"{base}/{o}" for o in others]
     lines = ["| metric | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for key, label, conv, fmt in METRICS:
         cells = []
@@ -295,7 +325,7 @@ def table(runs, kinds):
             else:
                 cells.append(fmt.format(conv(meds[k])))
         for other in others:
-            a, b = meds.get("vswitchd"), meds.get(other)
+            a, b = meds.get(base), meds.get(other)
             if a is None or b is None:
                 cells.append("—")
             elif b == 0:
