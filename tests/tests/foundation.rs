@@ -25,6 +25,22 @@ fn switch_with_hosts(n: usize) -> (Daemon, String, Vec<Host>) {
     (d, br, hosts)
 }
 
+/// Adds an internal port (a TAP the daemon creates) with a unique name; returns it.
+fn add_internal(d: &Daemon, br: &str) -> String {
+    let p = uniq("p");
+    d.vsctl_ok(&[
+        "add-port",
+        br,
+        &p,
+        "--",
+        "set",
+        "Interface",
+        &p,
+        "type=internal",
+    ]);
+    p
+}
+
 fn stat(d: &Daemon, br: &str, port: &str, key: &str) -> u64 {
     d.port_stats(br, port)[key].as_u64().unwrap()
 }
@@ -145,17 +161,7 @@ fn switch_segments_and_checksums_for_ports_without_offload() {
 fn internal_port_reaches_namespace_and_del_port_removes_tap() {
     let (d, br, h) = switch_with_hosts(1);
     let a = &h[0];
-    let p0 = uniq("p");
-    d.vsctl_ok(&[
-        "add-port",
-        &br,
-        &p0,
-        "--",
-        "set",
-        "Interface",
-        &p0,
-        "type=internal",
-    ]);
+    let p0 = add_internal(&d, &br);
     assert!(
         sh(&format!("ip link show {p0}")).status.success(),
         "TAP {p0} not created"
@@ -223,17 +229,7 @@ fn patch_ports_join_two_bridges() {
 #[test]
 fn restart_after_sigkill_restores_bridges_and_forwarding() {
     let (mut d, br, h) = switch_with_hosts(2);
-    let p0 = uniq("p");
-    d.vsctl_ok(&[
-        "add-port",
-        &br,
-        &p0,
-        "--",
-        "set",
-        "Interface",
-        &p0,
-        "type=internal",
-    ]);
+    let p0 = add_internal(&d, &br);
     assert!(h[0].ping(&h[1].ip));
     let before = d.vsctl_ok(&["show"]);
     d.stop(libc::SIGKILL);
@@ -443,17 +439,7 @@ fn vsctl_errors_name_the_problem_and_change_nothing() {
 #[test]
 fn sigterm_removes_created_devices_and_keeps_config() {
     let (mut d, br, h) = switch_with_hosts(1);
-    let p0 = uniq("p");
-    d.vsctl_ok(&[
-        "add-port",
-        &br,
-        &p0,
-        "--",
-        "set",
-        "Interface",
-        &p0,
-        "type=internal",
-    ]);
+    let p0 = add_internal(&d, &br);
     assert!(sh(&format!("ip link show {p0}")).status.success());
     d.stop(libc::SIGTERM);
     assert!(

@@ -102,12 +102,7 @@ pub fn row(st: &State, table: &str, record: &str) -> Result<Row, String> {
             })
         }
         "port" => {
-            let p = st
-                .config
-                .bridges
-                .values()
-                .find_map(|b| b.ports.get(record))
-                .ok_or_else(no_row)?;
+            let p = st.config.port(record).ok_or_else(no_row)?;
             Ok(Row {
                 cols: vec![
                     ("name", quote(record)),
@@ -123,12 +118,7 @@ pub fn row(st: &State, table: &str, record: &str) -> Result<Row, String> {
             })
         }
         "interface" => {
-            let p = st
-                .config
-                .bridges
-                .values()
-                .find_map(|b| b.ports.get(record))
-                .ok_or_else(no_row)?;
+            let p = st.config.port(record).ok_or_else(no_row)?;
             let i = &p.interface;
             let status = st.status.get(record);
             Ok(Row {

@@ -280,6 +280,18 @@ impl Bridge {
 }
 
 impl Config {
+    /// Bridge `name`, or the error every command reports for a missing one.
+    pub fn bridge(&self, name: &str) -> Result<&Bridge, ConfigError> {
+        self.bridges
+            .get(name)
+            .ok_or_else(|| ConfigError::NoBridge(name.to_string()))
+    }
+
+    /// Port `name`, on whichever bridge holds it (port names are unique).
+    pub fn port(&self, name: &str) -> Option<&Port> {
+        self.bridges.values().find_map(|b| b.ports.get(name))
+    }
+
     /// The bridge holding port `port`, if any.
     pub fn port_bridge(&self, port: &str) -> Option<&str> {
         self.bridges

@@ -130,11 +130,7 @@ async fn dispatch(shared: &Shared, method: &str, params: &Value) -> Result<Value
             let bridge = bridge_param(params)?;
             let (rx, names) = {
                 let d = shared.lock().await;
-                let b = d
-                    .config
-                    .bridges
-                    .get(&bridge)
-                    .ok_or_else(|| app_err(format!("no bridge named {bridge}")))?;
+                let b = d.config.bridge(&bridge).map_err(app_err)?;
                 let names: std::collections::HashMap<u32, String> = b
                     .ports
                     .iter()
@@ -167,11 +163,7 @@ async fn dispatch(shared: &Shared, method: &str, params: &Value) -> Result<Value
         "port-stats" => {
             let bridge = bridge_param(params)?;
             let d = shared.lock().await;
-            let b = d
-                .config
-                .bridges
-                .get(&bridge)
-                .ok_or_else(|| app_err(format!("no bridge named {bridge}")))?;
+            let b = d.config.bridge(&bridge).map_err(app_err)?;
             d.devices.collect_kernel_drops();
             let status = d.devices.status(&d.config);
             let rows: Vec<PortStatsRow> = b

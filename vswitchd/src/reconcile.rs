@@ -261,11 +261,7 @@ impl Devices {
 /// The port at the other end of patch port `name`, or why there is none. As in Open
 /// vSwitch, both ends must name each other.
 fn patch_peer<'a>(cfg: &'a Config, name: &str) -> Result<&'a str, String> {
-    let me = cfg
-        .bridges
-        .values()
-        .find_map(|b| b.ports.get(name))
-        .ok_or_else(|| format!("no port {name}"))?;
+    let me = cfg.port(name).ok_or_else(|| format!("no port {name}"))?;
     let peer_name = me
         .interface
         .options
