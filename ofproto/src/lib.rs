@@ -9,7 +9,9 @@
 //! owns sockets and devices and calls into this crate once per frame.
 
 pub mod checksum;
+pub mod classifier;
 pub mod ethernet;
+pub mod flow;
 pub mod gso;
 pub mod mac;
 pub mod mac_learning;
