@@ -26,6 +26,8 @@
 
 use std::collections::HashMap;
 
+use ahash::RandomState;
+
 use crate::flow::FlowKey;
 
 /// A value and a mask: a key `k` matches when `k & mask == value`.
@@ -72,7 +74,7 @@ pub struct Rule<T> {
 struct Subtable {
     mask: FlowKey,
     max_priority: u16,
-    buckets: HashMap<FlowKey, Vec<RuleId>>,
+    buckets: HashMap<FlowKey, Vec<RuleId>, RandomState>,
     len: usize,
 }
 
@@ -161,7 +163,7 @@ impl<T> Classifier<T> {
                 self.subtables.push(Subtable {
                     mask: m.mask,
                     max_priority: priority,
-                    buckets: HashMap::new(),
+                    buckets: HashMap::default(),
                     len: 0,
                 });
                 self.subtables.len() - 1
@@ -215,7 +217,8 @@ impl<T> Classifier<T> {
     }
 
     fn sort_subtables(&mut self) {
-        self.subtables.sort_by_key(|s| std::cmp::Reverse(s.max_priority));
+        self.subtables
+            .sort_by_key(|s| std::cmp::Reverse(s.max_priority));
     }
 
     /// The rule that decides `key`: highest priority, then earliest inserted.

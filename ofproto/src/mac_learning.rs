@@ -11,8 +11,8 @@
 //! - **LRU in O(1).** Entries live in a slab threaded on a doubly linked list ordered
 //!   by last sighting. A refresh moves an entry to the front, eviction and aging pop
 //!   from the back. No operation scans the table.
-//! - **Keyed hashing.** The index is a `HashMap` with the standard library's randomly
-//!   keyed SipHash, so an attacker cannot choose MACs that collide.
+//! - **Keyed hashing.** The index hashes with `ahash`, randomly keyed per table, so
+//!   an attacker cannot choose MACs that collide — and at a fraction of SipHash's cost.
 //! - **Time is an argument.** Every call takes `now` in milliseconds from an arbitrary
 //!   epoch; the table never reads a clock, so aging is unit-testable.
 //!
@@ -24,6 +24,8 @@
 //! NORMAL can compare generations instead of scanning.
 
 use std::collections::HashMap;
+
+use ahash::RandomState;
 
 use crate::{MacAddr, PortNo};
 
@@ -72,7 +74,7 @@ pub struct MacEntry {
 
 #[derive(Debug, Clone)]
 pub struct MacTable {
-    index: HashMap<Key, u32>,
+    index: HashMap<Key, u32, RandomState>,
     slots: Vec<Slot>,
     free: Vec<u32>,
     head: u32,
@@ -94,7 +96,10 @@ impl MacTable {
     pub fn new(max_entries: usize, aging_secs: u64) -> MacTable {
         let max_entries = max_entries.max(1);
         MacTable {
-            index: HashMap::with_capacity(max_entries.min(DEFAULT_MAX_ENTRIES)),
+            index: HashMap::with_capacity_and_hasher(
+                max_entries.min(DEFAULT_MAX_ENTRIES),
+                RandomState::new(),
+            ),
             slots: Vec::new(),
             free: Vec::new(),
             head: NIL,
