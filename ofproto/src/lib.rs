@@ -12,6 +12,7 @@ pub mod checksum;
 pub mod classifier;
 pub mod ethernet;
 pub mod flow;
+pub mod flow_syntax;
 pub mod gso;
 pub mod mac;
 pub mod mac_learning;

@@ -1,0 +1,1010 @@
+//! ovs-ofctl's flow syntax: parse a flow line into a [`FlowSpec`] and print it back.
+//!
+//! `table=0,priority=100,in_port=vm1,ip,nw_dst=10.0.0.0/24,actions=mod_vlan_vid:10,output:uplink`
+//!
+//! The parsed form is canonical — shorthands (`tcp`, `ip`, ...) become the fields
+//! they stand for, masks are normalised — and [`FlowSpec`]'s `Display` prints it in
+//! the same syntax, folding fields back into shorthands, so that printing then
+//! parsing gives the same spec. Errors name the field and the column where it starts
+//! (`unknown field 'nw_scr' at column 24 (did you mean 'nw_src'?)`), and
+//! prerequisites are enforced as ovs-ofctl does (`tp_dst` needs `tcp`, `udp` or
+//! `sctp`). Ports may be named; names are resolved to numbers when the flow is
+//! installed, against the bridge it is installed on.
+
+use std::fmt;
+use std::net::{Ipv4Addr, Ipv6Addr};
+
+/// A port as written: a name, a number, or a reserved port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortRef {
+    Number(u32),
+    Name(String),
+    Local,
+    InPort,
+}
+
+impl fmt::Display for PortRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PortRef::Number(n) => write!(f, "{n}"),
+            PortRef::Name(s) => f.write_str(s),
+            PortRef::Local => f.write_str("LOCAL"),
+            PortRef::InPort => f.write_str("IN_PORT"),
+        }
+    }
+}
+
+fn port_ref(s: &str) -> PortRef {
+    match s {
+        "LOCAL" | "local" => PortRef::Local,
+        "IN_PORT" | "in_port" => PortRef::InPort,
+        _ => match parse_u64(s) {
+            Some(n) if n <= u64::from(u32::MAX) => PortRef::Number(n as u32),
+            _ => PortRef::Name(s.to_string()),
+        },
+    }
+}
+
+/// How a field's values are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Int,
+    Mac,
+    Ipv4,
+    Ipv6,
+    Port,
+}
+
+/// What must already be matched for a field to make sense.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Prereq {
+    None,
+    Ip,
+    Ipv6,
+    IpOrArp,
+    Arp,
+    L4,
+    Tcp,
+    Icmp,
+}
+
+struct FieldDef {
+    name: &'static str,
+    aliases: &'static [&'static str],
+    kind: Kind,
+    bits: u8,
+    maskable: bool,
+    prereq: Prereq,
+}
+
+const FIELD_DEFS: &[FieldDef] = &[
+    FieldDef {
+        name: "in_port",
+        aliases: &[],
+        kind: Kind::Port,
+        bits: 32,
+        maskable: false,
+        prereq: Prereq::None,
+    },
+    FieldDef {
+        name: "dl_src",
+        aliases: &["eth_src"],
+        kind: Kind::Mac,
+        bits: 48,
+        maskable: true,
+        prereq: Prereq::None,
+    },
+    FieldDef {
+        name: "dl_dst",
+        aliases: &["eth_dst"],
+        kind: Kind::Mac,
+        bits: 48,
+        maskable: true,
+        prereq: Prereq::None,
+    },
+    FieldDef {
+        name: "dl_type",
+        aliases: &["eth_type"],
+        kind: Kind::Int,
+        bits: 16,
+        maskable: false,
+        prereq: Prereq::None,
+    },
+    FieldDef {
+        name: "dl_vlan",
+        aliases: &[],
+        kind: Kind::Int,
+        bits: 12,
+        maskable: false,
+        prereq: Prereq::None,
+    },
+    FieldDef {
+        name: "dl_vlan_pcp",
+        aliases: &[],
+        kind: Kind::Int,
+        bits: 3,
+        maskable: false,
+        prereq: Prereq::None,
+    },
+    FieldDef {
+        name: "vlan_tci",
+        aliases: &[],
+        kind: Kind::Int,
+        bits: 16,
+        maskable: true,
+        prereq: Prereq::None,
+    },
+    FieldDef {
+        name: "nw_src",
+        aliases: &["ip_src"],
+        kind: Kind::Ipv4,
+        bits: 32,
+        maskable: true,
+        prereq: Prereq::IpOrArp,
+    },
+    FieldDef {
+        name: "nw_dst",
+        aliases: &["ip_dst"],
+        kind: Kind::Ipv4,
+        bits: 32,
+        maskable: true,
+        prereq: Prereq::IpOrArp,
+    },
+    FieldDef {
+        name: "nw_proto",
+        aliases: &["ip_proto"],
+        kind: Kind::Int,
+        bits: 8,
+        maskable: false,
+        prereq: Prereq::Ip,
+    },
+    FieldDef {
+        name: "nw_tos",
+        aliases: &[],
+        kind: Kind::Int,
+        bits: 8,
+        maskable: false,
+        prereq: Prereq::Ip,
+    },
+    FieldDef {
+        name: "ip_dscp",
+        aliases: &[],
+        kind: Kind::Int,
+        bits: 6,
+        maskable: false,
+        prereq: Prereq::Ip,
+    },
+    FieldDef {
+        name: "ip_ecn",
+        aliases: &["nw_ecn"],
+        kind: Kind::Int,
+        bits: 2,
+        maskable: false,
+        prereq: Prereq::Ip,
+    },
+    FieldDef {
+        name: "nw_ttl",
+        aliases: &[],
+        kind: Kind::Int,
+        bits: 8,
+        maskable: false,
+        prereq: Prereq::Ip,
+    },
+    FieldDef {
+        name: "tp_src",
+        aliases: &["tcp_src", "udp_src", "sctp_src"],
+        kind: Kind::Int,
+        bits: 16,
+        maskable: true,
+        prereq: Prereq::L4,
+    },
+    FieldDef {
+        name: "tp_dst",
+        aliases: &["tcp_dst", "udp_dst", "sctp_dst"],
+        kind: Kind::Int,
+        bits: 16,
+        maskable: true,
+        prereq: Prereq::L4,
+    },
+    FieldDef {
+        name: "tcp_flags",
+        aliases: &[],
+        kind: Kind::Int,
+        bits: 12,
+        maskable: true,
+        prereq: Prereq::Tcp,
+    },
+    FieldDef {
+        name: "icmp_type",
+        aliases: &["icmpv6_type"],
+        kind: Kind::Int,
+        bits: 8,
+        maskable: false,
+        prereq: Prereq::Icmp,
+    },
+    FieldDef {
+        name: "icmp_code",
+        aliases: &["icmpv6_code"],
+        kind: Kind::Int,
+        bits: 8,
+        maskable: false,
+        prereq: Prereq::Icmp,
+    },
+    FieldDef {
+        name: "arp_op",
+        aliases: &[],
+        kind: Kind::Int,
+        bits: 16,
+        maskable: false,
+        prereq: Prereq::Arp,
+    },
+    FieldDef {
+        name: "arp_spa",
+        aliases: &[],
+        kind: Kind::Ipv4,
+        bits: 32,
+        maskable: true,
+        prereq: Prereq::Arp,
+    },
+    FieldDef {
+        name: "arp_tpa",
+        aliases: &[],
+        kind: Kind::Ipv4,
+        bits: 32,
+        maskable: true,
+        prereq: Prereq::Arp,
+    },
+    FieldDef {
+        name: "arp_sha",
+        aliases: &[],
+        kind: Kind::Mac,
+        bits: 48,
+        maskable: true,
+        prereq: Prereq::Arp,
+    },
+    FieldDef {
+        name: "arp_tha",
+        aliases: &[],
+        kind: Kind::Mac,
+        bits: 48,
+        maskable: true,
+        prereq: Prereq::Arp,
+    },
+    FieldDef {
+        name: "ipv6_src",
+        aliases: &[],
+        kind: Kind::Ipv6,
+        bits: 128,
+        maskable: true,
+        prereq: Prereq::Ipv6,
+    },
+    FieldDef {
+        name: "ipv6_dst",
+        aliases: &[],
+        kind: Kind::Ipv6,
+        bits: 128,
+        maskable: true,
+        prereq: Prereq::Ipv6,
+    },
+    FieldDef {
+        name: "ipv6_label",
+        aliases: &[],
+        kind: Kind::Int,
+        bits: 20,
+        maskable: true,
+        prereq: Prereq::Ipv6,
+    },
+    FieldDef {
+        name: "tun_id",
+        aliases: &["tunnel_id"],
+        kind: Kind::Int,
+        bits: 64,
+        maskable: true,
+        prereq: Prereq::None,
+    },
+    FieldDef {
+        name: "tun_src",
+        aliases: &[],
+        kind: Kind::Ipv4,
+        bits: 32,
+        maskable: true,
+        prereq: Prereq::None,
+    },
+    FieldDef {
+        name: "tun_dst",
+        aliases: &[],
+        kind: Kind::Ipv4,
+        bits: 32,
+        maskable: true,
+        prereq: Prereq::None,
+    },
+    FieldDef {
+        name: "metadata",
+        aliases: &[],
+        kind: Kind::Int,
+        bits: 64,
+        maskable: true,
+        prereq: Prereq::None,
+    },
+];
+
+/// Registers `reg0`..`reg15`: 32-bit, maskable, no prerequisites.
+fn reg_index(name: &str) -> Option<u8> {
+    let n: u8 = name.strip_prefix("reg")?.parse().ok()?;
+    (n < 16).then_some(n)
+}
+
+fn field_def(name: &str) -> Option<&'static FieldDef> {
+    FIELD_DEFS
+        .iter()
+        .find(|d| d.name == name || d.aliases.contains(&name))
+}
+
+const REG_DEF: FieldDef = FieldDef {
+    name: "reg",
+    aliases: &[],
+    kind: Kind::Int,
+    bits: 32,
+    maskable: true,
+    prereq: Prereq::None,
+};
+
+/// One matched field, canonical: the field's primary name (or `regN`), the value
+/// and the mask (all ones when exact), both within the field's width.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldMatch {
+    pub field: String,
+    pub value: u128,
+    pub mask: u128,
+    /// For `in_port` only: the port as written.
+    pub port: Option<PortRef>,
+}
+
+/// A flow line: where it goes, what it matches, what it does.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowSpec {
+    pub table: u8,
+    pub priority: u16,
+    pub cookie: u64,
+    pub idle_timeout: u16,
+    pub hard_timeout: u16,
+    /// Sorted by field name, so equal flows compare equal however they were written.
+    pub matches: Vec<FieldMatch>,
+    pub actions: Vec<Action>,
+}
+
+/// Open vSwitch's default priority for a flow that names none.
+pub const DEFAULT_PRIORITY: u16 = 32768;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Output(PortRef),
+    Normal,
+    Flood,
+    All,
+    InPort,
+    Local,
+    Drop,
+    ModVlanVid(u16),
+    ModVlanPcp(u8),
+    StripVlan,
+    PushVlan(u16),
+    ModDlSrc([u8; 6]),
+    ModDlDst([u8; 6]),
+    ModNwSrc(Ipv4Addr),
+    ModNwDst(Ipv4Addr),
+    ModNwTos(u8),
+    ModTpSrc(u16),
+    ModTpDst(u16),
+    DecTtl,
+    SetTunnel(u64),
+    GotoTable(u8),
+    Resubmit {
+        port: Option<PortRef>,
+        table: Option<u8>,
+    },
+    WriteMetadata {
+        value: u64,
+        mask: u64,
+    },
+    /// `set_field:VALUE->FIELD`, `load:VALUE->FIELD[a..b]`, `move:A[..]->B[..]`,
+    /// `note:..`, `learn(..)`: kept as written until their semantics land.
+    Other(String),
+}
+
+/// Why a flow line was refused: what, and at which column (1-based) it starts.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message} at column {column}")]
+pub struct ParseError {
+    pub column: usize,
+    pub message: String,
+}
+
+fn err(column: usize, message: impl Into<String>) -> ParseError {
+    ParseError {
+        column,
+        message: message.into(),
+    }
+}
+
+fn parse_u64(s: &str) -> Option<u64> {
+    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(h) => u64::from_str_radix(h, 16).ok(),
+        None => s.parse().ok(),
+    }
+}
+
+fn parse_u128(s: &str) -> Option<u128> {
+    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(h) => u128::from_str_radix(h, 16).ok(),
+        None => s.parse().ok(),
+    }
+}
+
+fn parse_mac(s: &str) -> Option<u128> {
+    let m: crate::MacAddr = s.parse().ok()?;
+    Some(m.0.iter().fold(0u128, |a, &b| (a << 8) | u128::from(b)))
+}
+
+fn width_mask(bits: u8) -> u128 {
+    if bits >= 128 {
+        u128::MAX
+    } else {
+        (1u128 << bits) - 1
+    }
+}
+
+/// Splits `s` on commas that are not inside parentheses, keeping each piece's offset.
+fn split_top(s: &str) -> Vec<(usize, &str)> {
+    let mut out = Vec::new();
+    let (mut depth, mut start) = (0i32, 0usize);
+    for (i, c) in s.char_indices() {
+        match c {
+            '(' => depth += 1,
+            ')' => depth -= 1,
+            ',' if depth == 0 => {
+                out.push((start, &s[start..i]));
+                start = i + 1;
+            }
+            _ => {}
+        }
+    }
+    out.push((start, &s[start..]));
+    out
+}
+
+/// Edit distance counting an adjacent transposition as one edit (optimal string
+/// alignment), so the typical typo `nw_scr` is one step from `nw_src`.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut d = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in d.iter_mut().enumerate() {
+        row[0] = i;
+    }
+    for (j, cell) in d[0].iter_mut().enumerate() {
+        *cell = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let cost = usize::from(a[i - 1] != b[j - 1]);
+            d[i][j] = (d[i - 1][j] + 1)
+                .min(d[i][j - 1] + 1)
+                .min(d[i - 1][j - 1] + cost);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                d[i][j] = d[i][j].min(d[i - 2][j - 2] + 1);
+            }
+        }
+    }
+    d[a.len()][b.len()]
+}
+
+fn suggest(name: &str) -> String {
+    let candidates = FIELD_DEFS
+        .iter()
+        .flat_map(|d| std::iter::once(d.name).chain(d.aliases.iter().copied()))
+        .chain([
+            "table",
+            "priority",
+            "cookie",
+            "idle_timeout",
+            "hard_timeout",
+            "actions",
+        ])
+        .chain(SHORTHANDS.iter().map(|s| s.0));
+    match candidates.map(|c| (edit_distance(name, c), c)).min() {
+        Some((d, c)) if d <= 2 => format!(" (did you mean '{c}'?)"),
+        _ => String::new(),
+    }
+}
+
+/// Shorthand → (dl_type, nw_proto).
+const SHORTHANDS: &[(&str, u16, Option<u8>)] = &[
+    ("ip", 0x0800, None),
+    ("ipv6", 0x86dd, None),
+    ("arp", 0x0806, None),
+    ("icmp", 0x0800, Some(1)),
+    ("icmp6", 0x86dd, Some(58)),
+    ("tcp", 0x0800, Some(6)),
+    ("tcp6", 0x86dd, Some(6)),
+    ("udp", 0x0800, Some(17)),
+    ("udp6", 0x86dd, Some(17)),
+    ("sctp", 0x0800, Some(132)),
+    ("sctp6", 0x86dd, Some(132)),
+];
+
+fn parse_value(def: &FieldDef, raw: &str, col: usize) -> Result<(u128, u128), ParseError> {
+    let full = width_mask(def.bits);
+    let bad = |what: &str| err(col, format!("{}: \"{raw}\" is not {what}", def.name));
+    let (v, m) = match raw.split_once('/') {
+        Some((v, m)) => {
+            if !def.maskable {
+                return Err(err(
+                    col,
+                    format!("{}: this field cannot be masked", def.name),
+                ));
+            }
+            (v, Some(m))
+        }
+        None => (raw, None),
+    };
+    let value = match def.kind {
+        Kind::Int | Kind::Port => parse_u128(v).ok_or_else(|| bad("a number"))?,
+        Kind::Mac => parse_mac(v).ok_or_else(|| bad("a MAC address"))?,
+        Kind::Ipv4 => u128::from(u32::from(
+            v.parse::<Ipv4Addr>().map_err(|_| bad("an IPv4 address"))?,
+        )),
+        Kind::Ipv6 => u128::from(v.parse::<Ipv6Addr>().map_err(|_| bad("an IPv6 address"))?),
+    };
+    if value > full {
+        return Err(err(
+            col,
+            format!("{}: {raw} does not fit in {} bits", def.name, def.bits),
+        ));
+    }
+    let mask = match m {
+        None => full,
+        Some(m) => match def.kind {
+            Kind::Ipv4 | Kind::Ipv6 if !m.contains(['.', ':']) => {
+                let len: u8 = m.parse().map_err(|_| bad("a prefix length"))?;
+                if len > def.bits {
+                    return Err(bad("a valid prefix length"));
+                }
+                if len == 0 {
+                    0
+                } else {
+                    full & !(width_mask(def.bits - len))
+                }
+            }
+            Kind::Ipv4 => u128::from(u32::from(
+                m.parse::<Ipv4Addr>().map_err(|_| bad("an IPv4 mask"))?,
+            )),
+            Kind::Ipv6 => u128::from(m.parse::<Ipv6Addr>().map_err(|_| bad("an IPv6 mask"))?),
+            Kind::Mac => parse_mac(m).ok_or_else(|| bad("a MAC mask"))?,
+            _ => parse_u128(m).ok_or_else(|| bad("a number mask"))? & full,
+        },
+    };
+    Ok((value & mask, mask))
+}
+
+fn parse_action(tok: &str, col: usize) -> Result<Action, ParseError> {
+    let bad = |what: &str| err(col, format!("action \"{tok}\": {what}"));
+    let num = |s: &str, max: u64| {
+        parse_u64(s)
+            .filter(|n| *n <= max)
+            .ok_or_else(|| bad(&format!("expected a number up to {max}")))
+    };
+    let (name, arg) = match tok.split_once(':') {
+        Some((n, a)) => (n, Some(a)),
+        None => (tok, None),
+    };
+    let need = || arg.ok_or_else(|| bad("missing argument"));
+    Ok(match (name.to_ascii_lowercase().as_str(), arg) {
+        ("normal", None) => Action::Normal,
+        ("flood", None) => Action::Flood,
+        ("all", None) => Action::All,
+        ("in_port", None) => Action::InPort,
+        ("local", None) => Action::Local,
+        ("drop", None) => Action::Drop,
+        ("strip_vlan" | "pop_vlan", None) => Action::StripVlan,
+        ("dec_ttl", None) => Action::DecTtl,
+        ("output", _) => Action::Output(port_ref(need()?)),
+        ("mod_vlan_vid", _) => Action::ModVlanVid(num(need()?, 4095)? as u16),
+        ("mod_vlan_pcp", _) => Action::ModVlanPcp(num(need()?, 7)? as u8),
+        ("push_vlan", _) => Action::PushVlan(num(need()?, 0xffff)? as u16),
+        ("mod_dl_src", _) => Action::ModDlSrc(
+            need()?
+                .parse::<crate::MacAddr>()
+                .map_err(|e| bad(&e.to_string()))?
+                .0,
+        ),
+        ("mod_dl_dst", _) => Action::ModDlDst(
+            need()?
+                .parse::<crate::MacAddr>()
+                .map_err(|e| bad(&e.to_string()))?
+                .0,
+        ),
+        ("mod_nw_src", _) => Action::ModNwSrc(
+            need()?
+                .parse()
+                .map_err(|_| bad("expected an IPv4 address"))?,
+        ),
+        ("mod_nw_dst", _) => Action::ModNwDst(
+            need()?
+                .parse()
+                .map_err(|_| bad("expected an IPv4 address"))?,
+        ),
+        ("mod_nw_tos", _) => Action::ModNwTos(num(need()?, 255)? as u8),
+        ("mod_tp_src", _) => Action::ModTpSrc(num(need()?, 65535)? as u16),
+        ("mod_tp_dst", _) => Action::ModTpDst(num(need()?, 65535)? as u16),
+        ("set_tunnel" | "set_tunnel64", _) => Action::SetTunnel(num(need()?, u64::MAX)?),
+        ("goto_table", _) => Action::GotoTable(num(need()?, 254)? as u8),
+        ("resubmit", Some(p)) => Action::Resubmit {
+            port: Some(port_ref(p)),
+            table: None,
+        },
+        ("write_metadata", _) => {
+            let a = need()?;
+            let (v, m) = a.split_once('/').unwrap_or((a, "0xffffffffffffffff"));
+            Action::WriteMetadata {
+                value: num(v, u64::MAX)?,
+                mask: num(m, u64::MAX)?,
+            }
+        }
+        ("set_field" | "load" | "move" | "note", Some(_)) => Action::Other(tok.to_string()),
+        _ if tok.starts_with("resubmit(") && tok.ends_with(')') => {
+            let inner = &tok["resubmit(".len()..tok.len() - 1];
+            let (p, t) = inner
+                .split_once(',')
+                .ok_or_else(|| bad("expected resubmit(PORT,TABLE)"))?;
+            Action::Resubmit {
+                port: (!p.is_empty()).then(|| port_ref(p)),
+                table: if t.is_empty() {
+                    None
+                } else {
+                    Some(num(t, 254)? as u8)
+                },
+            }
+        }
+        _ if tok.starts_with("learn(") && tok.ends_with(')') => Action::Other(tok.to_string()),
+        // A bare port name or number is an output action, as in ovs-ofctl.
+        (_, None)
+            if !tok.is_empty()
+                && tok
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)) =>
+        {
+            Action::Output(port_ref(tok))
+        }
+        _ => return Err(bad("unknown action")),
+    })
+}
+
+impl FlowSpec {
+    /// Parses a flow as `ovs-ofctl add-flow` takes it. `actions=` is required.
+    pub fn parse(line: &str) -> Result<FlowSpec, ParseError> {
+        let mut spec = FlowSpec {
+            table: 0,
+            priority: DEFAULT_PRIORITY,
+            cookie: 0,
+            idle_timeout: 0,
+            hard_timeout: 0,
+            matches: Vec::new(),
+            actions: Vec::new(),
+        };
+        let (head, actions) = match line.find("actions=") {
+            Some(i) => (
+                &line[..i],
+                Some((i + "actions=".len(), &line[i + "actions=".len()..])),
+            ),
+            None => (line, None),
+        };
+        let mut dl_type: Option<(u16, usize)> = None;
+        let mut nw_proto: Option<(u8, usize)> = None;
+        let mut fields: Vec<(FieldMatch, Prereq, usize)> = Vec::new();
+        for (off, tok) in split_top(head) {
+            let tok_trim = tok.trim();
+            let col = off + 1 + (tok.len() - tok.trim_start().len());
+            if tok_trim.is_empty() {
+                continue;
+            }
+            let (key, val) = match tok_trim.split_once('=') {
+                Some((k, v)) => (k.trim(), Some(v.trim())),
+                None => (tok_trim, None),
+            };
+            if let Some(&(_, t, p)) = SHORTHANDS.iter().find(|s| s.0 == key) {
+                if val.is_some() {
+                    return Err(err(col, format!("'{key}' takes no value")));
+                }
+                set_once(&mut dl_type, t, col, "dl_type")?;
+                if let Some(p) = p {
+                    set_once(&mut nw_proto, p, col, "nw_proto")?;
+                }
+                continue;
+            }
+            let Some(val) = val else {
+                return Err(err(col, format!("unknown field '{key}'{}", suggest(key))));
+            };
+            let num_or = |max: u64, what: &str| {
+                parse_u64(val).filter(|n| *n <= max).ok_or_else(|| {
+                    err(
+                        col,
+                        format!("{what}: \"{val}\" is not a number up to {max}"),
+                    )
+                })
+            };
+            match key {
+                "table" => spec.table = num_or(254, "table")? as u8,
+                "priority" => spec.priority = num_or(65535, "priority")? as u16,
+                "cookie" => spec.cookie = num_or(u64::MAX, "cookie")?,
+                "idle_timeout" => spec.idle_timeout = num_or(65535, "idle_timeout")? as u16,
+                "hard_timeout" => spec.hard_timeout = num_or(65535, "hard_timeout")? as u16,
+                "dl_type" | "eth_type" => set_once(
+                    &mut dl_type,
+                    num_or(0xffff, "dl_type")? as u16,
+                    col,
+                    "dl_type",
+                )?,
+                "nw_proto" | "ip_proto" => set_once(
+                    &mut nw_proto,
+                    num_or(255, "nw_proto")? as u8,
+                    col,
+                    "nw_proto",
+                )?,
+                _ => {
+                    let (def, name) = match (field_def(key), reg_index(key)) {
+                        (Some(d), _) => (d, d.name.to_string()),
+                        (None, Some(_)) => (&REG_DEF, key.to_string()),
+                        _ => {
+                            return Err(err(col, format!("unknown field '{key}'{}", suggest(key))))
+                        }
+                    };
+                    let fm = if def.kind == Kind::Port {
+                        let p = port_ref(val);
+                        let value = match &p {
+                            PortRef::Number(n) => u128::from(*n),
+                            PortRef::Local => u128::from(crate::OFPP_LOCAL),
+                            _ => 0,
+                        };
+                        FieldMatch {
+                            field: name,
+                            value,
+                            mask: width_mask(def.bits),
+                            port: Some(p),
+                        }
+                    } else {
+                        let (value, mask) = parse_value(def, val, col)?;
+                        FieldMatch {
+                            field: name,
+                            value,
+                            mask,
+                            port: None,
+                        }
+                    };
+                    if fields.iter().any(|(f, _, _)| f.field == fm.field) {
+                        return Err(err(col, format!("{} is matched twice", fm.field)));
+                    }
+                    fields.push((fm, def.prereq, col));
+                }
+            }
+        }
+        // Prerequisites, as ovs-ofctl enforces them.
+        let t = dl_type.map(|d| d.0);
+        let p = nw_proto.map(|d| d.0);
+        let is_ip = matches!(t, Some(0x0800 | 0x86dd));
+        if let Some((_, col)) = nw_proto {
+            if !is_ip {
+                return Err(err(col, "nw_proto requires ip or ipv6 (add e.g. 'ip,')"));
+            }
+        }
+        for (fm, pre, col) in &fields {
+            let ok = match pre {
+                Prereq::None => true,
+                Prereq::Ip => is_ip,
+                Prereq::Ipv6 => t == Some(0x86dd),
+                Prereq::IpOrArp => matches!(t, Some(0x0800 | 0x0806)),
+                Prereq::Arp => t == Some(0x0806),
+                Prereq::L4 => is_ip && matches!(p, Some(6 | 17 | 132)),
+                Prereq::Tcp => is_ip && p == Some(6),
+                Prereq::Icmp => {
+                    (t == Some(0x0800) && p == Some(1)) || (t == Some(0x86dd) && p == Some(58))
+                }
+            };
+            if !ok {
+                let need = match pre {
+                    Prereq::Ip => "ip or ipv6",
+                    Prereq::Ipv6 => "ipv6",
+                    Prereq::IpOrArp => "ip or arp",
+                    Prereq::Arp => "arp",
+                    Prereq::L4 => "tcp, udp or sctp",
+                    Prereq::Tcp => "tcp",
+                    Prereq::Icmp => "icmp or icmp6",
+                    Prereq::None => "",
+                };
+                return Err(err(
+                    *col,
+                    format!(
+                        "{} requires {need} (add e.g. '{},')",
+                        fm.field,
+                        need.split([' ', ',']).next().unwrap()
+                    ),
+                ));
+            }
+        }
+        if let Some((v, _)) = dl_type {
+            fields.push((
+                FieldMatch {
+                    field: "dl_type".into(),
+                    value: u128::from(v),
+                    mask: 0xffff,
+                    port: None,
+                },
+                Prereq::None,
+                0,
+            ));
+        }
+        if let Some((v, _)) = nw_proto {
+            fields.push((
+                FieldMatch {
+                    field: "nw_proto".into(),
+                    value: u128::from(v),
+                    mask: 0xff,
+                    port: None,
+                },
+                Prereq::None,
+                0,
+            ));
+        }
+        spec.matches = fields.into_iter().map(|f| f.0).collect();
+        spec.matches.sort_by(|a, b| a.field.cmp(&b.field));
+        let Some((acol, actions)) = actions else {
+            return Err(err(
+                line.len() + 1,
+                "missing actions= (use actions=drop to drop)",
+            ));
+        };
+        for (off, tok) in split_top(actions) {
+            let t = tok.trim();
+            if t.is_empty() {
+                return Err(err(acol + off + 1, "empty action"));
+            }
+            spec.actions.push(parse_action(t, acol + off + 1)?);
+        }
+        Ok(spec)
+    }
+
+    fn get(&self, field: &str) -> Option<&FieldMatch> {
+        self.matches.iter().find(|m| m.field == field)
+    }
+}
+
+fn set_once<T: PartialEq + Copy + fmt::Display>(
+    slot: &mut Option<(T, usize)>,
+    v: T,
+    col: usize,
+    what: &str,
+) -> Result<(), ParseError> {
+    match slot {
+        Some((old, _)) if *old != v => Err(err(col, format!("{what} set twice ({old} and {v})"))),
+        _ => {
+            *slot = Some((v, col));
+            Ok(())
+        }
+    }
+}
+
+fn fmt_value(def: Option<&FieldDef>, fm: &FieldMatch, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    if let Some(p) = &fm.port {
+        return write!(f, "{p}");
+    }
+    let (kind, bits) = def.map_or((Kind::Int, 32), |d| (d.kind, d.bits));
+    let full = width_mask(bits);
+    let one = |f: &mut fmt::Formatter<'_>, v: u128| -> fmt::Result {
+        match kind {
+            Kind::Mac => {
+                let b = v.to_be_bytes();
+                write!(f, "{}", crate::MacAddr(b[10..16].try_into().unwrap()))
+            }
+            Kind::Ipv4 => write!(f, "{}", Ipv4Addr::from(v as u32)),
+            Kind::Ipv6 => write!(f, "{}", Ipv6Addr::from(v)),
+            _ => write!(f, "{v:#x}"),
+        }
+    };
+    one(f, fm.value)?;
+    if fm.mask != full {
+        f.write_str("/")?;
+        // A prefix mask prints as a length, as ovs-ofctl does.
+        let ones = fm.mask.count_ones() as u8;
+        if matches!(kind, Kind::Ipv4 | Kind::Ipv6) && fm.mask == full & !width_mask(bits - ones) {
+            write!(f, "{ones}")?;
+        } else {
+            one(f, fm.mask)?;
+        }
+    }
+    Ok(())
+}
+
+impl fmt::Display for Action {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Action::Output(p) => write!(f, "output:{p}"),
+            Action::Normal => f.write_str("NORMAL"),
+            Action::Flood => f.write_str("FLOOD"),
+            Action::All => f.write_str("ALL"),
+            Action::InPort => f.write_str("IN_PORT"),
+            Action::Local => f.write_str("LOCAL"),
+            Action::Drop => f.write_str("drop"),
+            Action::ModVlanVid(v) => write!(f, "mod_vlan_vid:{v}"),
+            Action::ModVlanPcp(v) => write!(f, "mod_vlan_pcp:{v}"),
+            Action::StripVlan => f.write_str("strip_vlan"),
+            Action::PushVlan(t) => write!(f, "push_vlan:{t:#06x}"),
+            Action::ModDlSrc(m) => write!(f, "mod_dl_src:{}", crate::MacAddr(*m)),
+            Action::ModDlDst(m) => write!(f, "mod_dl_dst:{}", crate::MacAddr(*m)),
+            Action::ModNwSrc(a) => write!(f, "mod_nw_src:{a}"),
+            Action::ModNwDst(a) => write!(f, "mod_nw_dst:{a}"),
+            Action::ModNwTos(v) => write!(f, "mod_nw_tos:{v}"),
+            Action::ModTpSrc(v) => write!(f, "mod_tp_src:{v}"),
+            Action::ModTpDst(v) => write!(f, "mod_tp_dst:{v}"),
+            Action::DecTtl => f.write_str("dec_ttl"),
+            Action::SetTunnel(v) => write!(f, "set_tunnel:{v:#x}"),
+            Action::GotoTable(t) => write!(f, "goto_table:{t}"),
+            Action::Resubmit { port, table } => {
+                let p = port.as_ref().map_or(String::new(), |p| p.to_string());
+                let t = table.map_or(String::new(), |t| t.to_string());
+                write!(f, "resubmit({p},{t})")
+            }
+            Action::WriteMetadata { value, mask } => {
+                write!(f, "write_metadata:{value:#x}/{mask:#x}")
+            }
+            Action::Other(s) => f.write_str(s),
+        }
+    }
+}
+
+impl fmt::Display for FlowSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "table={},priority={}", self.table, self.priority)?;
+        if self.cookie != 0 {
+            write!(f, ",cookie={:#x}", self.cookie)?;
+        }
+        if self.idle_timeout != 0 {
+            write!(f, ",idle_timeout={}", self.idle_timeout)?;
+        }
+        if self.hard_timeout != 0 {
+            write!(f, ",hard_timeout={}", self.hard_timeout)?;
+        }
+        // Fold dl_type/nw_proto back into a shorthand where one exists.
+        let t = self.get("dl_type").map(|m| m.value as u16);
+        let p = self.get("nw_proto").map(|m| m.value as u8);
+        let short = SHORTHANDS
+            .iter()
+            .find(|s| Some(s.1) == t && s.2 == p)
+            .or_else(|| SHORTHANDS.iter().find(|s| Some(s.1) == t && s.2.is_none()));
+        let mut skip_proto = false;
+        if let Some(s) = short {
+            write!(f, ",{}", s.0)?;
+            skip_proto = s.2.is_some();
+        }
+        for m in &self.matches {
+            if (m.field == "dl_type" && short.is_some()) || (m.field == "nw_proto" && skip_proto) {
+                continue;
+            }
+            write!(f, ",{}=", m.field)?;
+            fmt_value(
+                field_def(&m.field).or(reg_index(&m.field).map(|_| &REG_DEF)),
+                m,
+                f,
+            )?;
+        }
+        f.write_str(",actions=")?;
+        if self.actions.is_empty() {
+            return f.write_str("drop");
+        }
+        for (i, a) in self.actions.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{a}")?;
+        }
+        Ok(())
+    }
+}
