@@ -898,6 +898,22 @@ fn fmt_value(def: Option<&FieldDef>, fm: &FieldMatch, f: &mut fmt::Formatter<'_>
     }
     let (kind, bits) = def.map_or((Kind::Int, 32), |d| (d.kind, d.bits));
     let full = width_mask(bits);
+    let decimal = fm.mask == full
+        && matches!(
+            fm.field.as_str(),
+            "tp_src"
+                | "tp_dst"
+                | "icmp_type"
+                | "icmp_code"
+                | "nw_proto"
+                | "nw_tos"
+                | "nw_ttl"
+                | "ip_dscp"
+                | "ip_ecn"
+                | "dl_vlan"
+                | "dl_vlan_pcp"
+                | "arp_op"
+        );
     let one = |f: &mut fmt::Formatter<'_>, v: u128| -> fmt::Result {
         match kind {
             Kind::Mac => {
@@ -906,6 +922,8 @@ fn fmt_value(def: Option<&FieldDef>, fm: &FieldMatch, f: &mut fmt::Formatter<'_>
             }
             Kind::Ipv4 => write!(f, "{}", Ipv4Addr::from(v as u32)),
             Kind::Ipv6 => write!(f, "{}", Ipv6Addr::from(v)),
+            // ovs-ofctl prints ports, protocols and small header fields in decimal.
+            _ if decimal => write!(f, "{v}"),
             _ => write!(f, "{v:#x}"),
         }
     };
@@ -1006,5 +1024,264 @@ impl fmt::Display for FlowSpec {
             write!(f, "{a}")?;
         }
         Ok(())
+    }
+}
+
+/// A match used to select flows (`del-flows`, `dump-flows`, `mod-flows`): a flow
+/// line whose actions are optional, remembering whether table and priority were
+/// given (when absent they select any).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowFilter {
+    pub spec: FlowSpec,
+    pub table: Option<u8>,
+    pub priority: Option<u16>,
+}
+
+impl FlowFilter {
+    /// Parses `s`; an empty string selects every flow.
+    pub fn parse(s: &str) -> Result<FlowFilter, ParseError> {
+        let given = |key: &str| split_top(s).iter().any(|(_, t)| t.trim().starts_with(key));
+        let spec = if s.contains("actions=") {
+            FlowSpec::parse(s)?
+        } else if s.trim().is_empty() {
+            FlowSpec::parse("actions=drop")?
+        } else {
+            FlowSpec::parse(&format!("{s},actions=drop"))?
+        };
+        Ok(FlowFilter {
+            table: given("table=").then_some(spec.table),
+            priority: given("priority=").then_some(spec.priority),
+            spec,
+        })
+    }
+
+    /// Non-strict selection, as ovs-ofctl's: the flow is in the table (if given) and
+    /// matches every field of the filter at least as specifically, with the same
+    /// value under the filter's mask.
+    pub fn covers(&self, flow: &FlowSpec) -> bool {
+        if self.table.is_some_and(|t| t != flow.table) {
+            return false;
+        }
+        self.spec.matches.iter().all(|want| {
+            flow.matches.iter().any(|have| {
+                have.field == want.field
+                    && have.mask & want.mask == want.mask
+                    && have.value & want.mask == want.value
+                    && (want.port.is_none() || have.port == want.port)
+            })
+        })
+    }
+
+    /// Strict selection: same table, priority and match exactly.
+    pub fn is_exactly(&self, flow: &FlowSpec) -> bool {
+        self.table.unwrap_or(0) == flow.table
+            && self.priority.unwrap_or(DEFAULT_PRIORITY) == flow.priority
+            && self.spec.matches == flow.matches
+    }
+}
+
+impl FlowSpec {
+    /// Whether `other` is the same rule (table, priority, match): adding it replaces this one.
+    pub fn same_rule(&self, other: &FlowSpec) -> bool {
+        self.table == other.table
+            && self.priority == other.priority
+            && self.matches == other.matches
+    }
+
+    /// The ports this flow names (in `in_port` or actions), to check they exist.
+    pub fn named_ports(&self) -> Vec<&str> {
+        let mut v: Vec<&str> = self
+            .matches
+            .iter()
+            .filter_map(|m| match &m.port {
+                Some(PortRef::Name(n)) => Some(n.as_str()),
+                _ => None,
+            })
+            .collect();
+        for a in &self.actions {
+            match a {
+                Action::Output(PortRef::Name(n))
+                | Action::Resubmit {
+                    port: Some(PortRef::Name(n)),
+                    ..
+                } => v.push(n),
+                _ => {}
+            }
+        }
+        v
+    }
+}
+
+#[cfg(test)]
+mod filter_tests {
+    use super::*;
+
+    #[test]
+    fn non_strict_and_strict_selection() {
+        let f1 = FlowSpec::parse("priority=200,tcp,tp_dst=22,actions=drop").unwrap();
+        let f2 = FlowSpec::parse("priority=100,ip,nw_dst=10.0.0.0/24,actions=NORMAL").unwrap();
+        let f3 = FlowSpec::parse("table=1,priority=0,actions=NORMAL").unwrap();
+        let all = FlowFilter::parse("").unwrap();
+        assert!(all.covers(&f1) && all.covers(&f2) && all.covers(&f3));
+        let tcp = FlowFilter::parse("tcp").unwrap();
+        assert!(tcp.covers(&f1) && !tcp.covers(&f2) && !tcp.covers(&f3));
+        let net = FlowFilter::parse("ip,nw_dst=10.0.0.0/16").unwrap();
+        assert!(net.covers(&f2), "a /24 flow falls under a /16 filter");
+        let narrow = FlowFilter::parse("ip,nw_dst=10.0.0.0/25").unwrap();
+        assert!(
+            !narrow.covers(&f2),
+            "a /24 flow is broader than a /25 filter"
+        );
+        assert!(FlowFilter::parse("table=1").unwrap().covers(&f3));
+        assert!(!FlowFilter::parse("table=1").unwrap().covers(&f1));
+        let strict = FlowFilter::parse("priority=200,tcp,tp_dst=22").unwrap();
+        assert!(strict.is_exactly(&f1) && !strict.is_exactly(&f2));
+        assert!(
+            !FlowFilter::parse("tcp,tp_dst=22").unwrap().is_exactly(&f1),
+            "strict needs the priority too"
+        );
+        assert!(
+            f1.same_rule(&FlowSpec::parse("tp_dst=22,tcp,priority=200,actions=NORMAL").unwrap())
+        );
+        assert_eq!(
+            FlowSpec::parse("in_port=vm1,actions=output:up,resubmit(p3,1)")
+                .unwrap()
+                .named_ports(),
+            vec!["vm1", "up", "p3"]
+        );
+    }
+}
+
+impl FlowSpec {
+    /// The classifier match of this flow, with named ports resolved by `port`
+    /// (`None`: no such port). Fails for fields the datapath cannot match yet.
+    pub fn to_match(
+        &self,
+        port: impl Fn(&PortRef) -> Option<u32>,
+    ) -> Result<crate::classifier::Match, String> {
+        use crate::flow::*;
+        let mut v = FlowKey::default();
+        let mut m = FlowKey::default();
+        let mut put = |f: Field, val: u128, mask: u128| {
+            let (old_v, old_m) = (v.get(f), m.get(f));
+            v.set(f, old_v | val as u64);
+            m.set(f, old_m | mask as u64);
+        };
+        for fm in &self.matches {
+            let (val, mask) = (fm.value, fm.mask);
+            match fm.field.as_str() {
+                "in_port" => {
+                    let p = fm.port.as_ref().ok_or("in_port without a port")?;
+                    let n = port(p).ok_or_else(|| format!("no port {p}"))?;
+                    put(IN_PORT, u128::from(n), 0xffff_ffff);
+                }
+                "dl_src" => put(DL_SRC, val, mask),
+                "dl_dst" => put(DL_DST, val, mask),
+                "dl_type" => put(DL_TYPE, val, mask),
+                "vlan_tci" => put(VLAN_TCI, val, mask),
+                // A VID or PCP match implies a tag is present (CFI bit set).
+                "dl_vlan" => put(VLAN_TCI, 0x1000 | val, 0x1fff),
+                "dl_vlan_pcp" => put(VLAN_TCI, 0x1000 | (val << 13), 0xf000),
+                "nw_src" | "arp_spa" => put(NW_SRC, val, mask),
+                "nw_dst" | "arp_tpa" => put(NW_DST, val, mask),
+                "nw_proto" | "arp_op" => put(NW_PROTO, val & 0xff, 0xff),
+                "nw_tos" => put(NW_TOS, val, 0xff),
+                "ip_dscp" => put(NW_TOS, val << 2, 0xfc),
+                "ip_ecn" => put(NW_TOS, val, 0x03),
+                "nw_ttl" => put(NW_TTL, val, 0xff),
+                "tp_src" | "icmp_type" => put(TP_SRC, val, mask),
+                "tp_dst" | "icmp_code" => put(TP_DST, val, mask),
+                "tcp_flags" => put(TCP_FLAGS, val, mask),
+                "metadata" => put(METADATA, val, mask),
+                "tun_id" => put(TUN_ID, val, mask),
+                "tun_src" => put(TUN_SRC, val, mask),
+                "tun_dst" => put(TUN_DST, val, mask),
+                "ipv6_src" => {
+                    put(IPV6_SRC_HI, val >> 64, mask >> 64);
+                    put(
+                        IPV6_SRC_LO,
+                        val & u128::from(u64::MAX),
+                        mask & u128::from(u64::MAX),
+                    );
+                }
+                "ipv6_dst" => {
+                    put(IPV6_DST_HI, val >> 64, mask >> 64);
+                    put(
+                        IPV6_DST_LO,
+                        val & u128::from(u64::MAX),
+                        mask & u128::from(u64::MAX),
+                    );
+                }
+                other => {
+                    return Err(format!(
+                        "matching on {other} is not supported by the datapath yet"
+                    ))
+                }
+            }
+        }
+        Ok(crate::classifier::Match::new(v, m))
+    }
+}
+
+#[cfg(test)]
+mod to_match_tests {
+    use super::*;
+    use crate::flow::FlowKey;
+    use etherparse::PacketBuilder;
+
+    fn frame_tcp(dport: u16, vlan: Option<u16>) -> Vec<u8> {
+        let mut f = Vec::new();
+        let b = PacketBuilder::ethernet2([2, 0, 0, 0, 0, 1], [2, 0, 0, 0, 0, 2]);
+        match vlan {
+            Some(v) => b
+                .single_vlan(v.try_into().unwrap())
+                .ipv4([10, 0, 0, 1], [10, 0, 0, 5], 64)
+                .tcp(40000, dport, 1, 100)
+                .write(&mut f, b"x")
+                .unwrap(),
+            None => b
+                .ipv4([10, 0, 0, 1], [10, 0, 0, 5], 64)
+                .tcp(40000, dport, 1, 100)
+                .write(&mut f, b"x")
+                .unwrap(),
+        }
+        f
+    }
+
+    #[test]
+    fn compiled_matches_select_the_right_frames() {
+        let ports = |p: &PortRef| match p {
+            PortRef::Name(n) if n == "vm1" => Some(7),
+            PortRef::Number(n) => Some(*n),
+            _ => None,
+        };
+        let ssh = FlowSpec::parse("tcp,tp_dst=22,actions=drop")
+            .unwrap()
+            .to_match(ports)
+            .unwrap();
+        let net = FlowSpec::parse("in_port=vm1,ip,nw_dst=10.0.0.0/24,actions=NORMAL")
+            .unwrap()
+            .to_match(ports)
+            .unwrap();
+        let v10 = FlowSpec::parse("dl_vlan=10,actions=NORMAL")
+            .unwrap()
+            .to_match(ports)
+            .unwrap();
+        let k22 = FlowKey::extract(&frame_tcp(22, None), 7);
+        let k80 = FlowKey::extract(&frame_tcp(80, None), 7);
+        let k80_other_port = FlowKey::extract(&frame_tcp(80, None), 8);
+        let k80_v10 = FlowKey::extract(&frame_tcp(80, Some(10)), 8);
+        assert!(ssh.matches(&k22) && !ssh.matches(&k80));
+        assert!(net.matches(&k80) && !net.matches(&k80_other_port));
+        assert!(v10.matches(&k80_v10) && !v10.matches(&k80));
+        assert!(FlowSpec::parse("in_port=nosuch,actions=drop")
+            .unwrap()
+            .to_match(ports)
+            .is_err());
+        assert!(FlowSpec::parse("reg0=1,actions=drop")
+            .unwrap()
+            .to_match(ports)
+            .unwrap_err()
+            .contains("reg0"));
     }
 }

@@ -34,7 +34,7 @@ fn canonical_forms() {
     assert_eq!(a, b, "shorthand and spelled-out fields differ");
     assert_eq!(
         a.to_string(),
-        "table=0,priority=32768,tcp,tp_dst=0x16,actions=drop"
+        "table=0,priority=32768,tcp,tp_dst=22,actions=drop"
     );
     let c = FlowSpec::parse("ip,nw_dst=10.0.0.77/24,actions=NORMAL").unwrap();
     assert_eq!(

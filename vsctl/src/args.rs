@@ -26,6 +26,8 @@ pub struct Global {
 pub struct Command {
     pub may_exist: bool,
     pub if_exists: bool,
+    /// `--strict` for del-flows / mod-flows: select by exact priority and match.
+    pub strict: bool,
     pub name: String,
     pub args: Vec<String>,
 }
@@ -93,6 +95,7 @@ pub fn parse(argv: &[String]) -> Result<Parsed, String> {
                 "-V" | "--version" => return Ok(Parsed::Version),
                 "--may-exist" => cur.may_exist = true,
                 "--if-exists" => cur.if_exists = true,
+                "--strict" => cur.strict = true,
                 "--db" => g.socket = parse_db(&value(&mut i, inline, opt)?)?,
                 "-t" | "--timeout" => {
                     let v = value(&mut i, inline, opt)?;

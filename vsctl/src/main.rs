@@ -36,6 +36,13 @@ Database commands (tables Bridge, Port, Interface):
   list TABLE [RECORD]...                         print whole records
   clear TABLE RECORD COLUMN...                   empty columns (Port), e.g. clear Port vm1 tag
   remove TABLE RECORD COLUMN VALUE...            remove values (Port), e.g. remove Port up trunks 20
+Flow commands (ovs-ofctl syntax; flows persist across restarts):
+  add-flow BRIDGE FLOW          add or replace one flow
+  add-flows BRIDGE FILE         add flows from FILE (- for stdin), all or nothing
+  replace-flows BRIDGE FILE     make the tables exactly FILE's flows
+  del-flows BRIDGE [MATCH]      delete matching flows (all without MATCH; --strict)
+  mod-flows BRIDGE FLOW         change the actions of matching flows (--strict)
+  dump-flows BRIDGE [MATCH]     print flows with n_packets, n_bytes, duration, idle_age
 Status:
   show                          print an overview of the configuration
   fdb-show BRIDGE               print the MAC learning table (like ovs-appctl fdb/show)
@@ -156,6 +163,49 @@ fn to_op(cmd: &Command) -> Result<Option<Op>, Failure> {
             need(cmd, 1, usize::MAX, "TABLE [RECORD]...")?;
             return Ok(None);
         }
+        "add-flow" => {
+            need(cmd, 2, 2, "BRIDGE FLOW")?;
+            Op::AddFlows {
+                bridge: a[0].clone(),
+                flows: vec![a[1].clone()],
+            }
+        }
+        "add-flows" => {
+            need(cmd, 2, 2, "BRIDGE FILE (- for stdin)")?;
+            Op::AddFlows {
+                bridge: a[0].clone(),
+                flows: read_flows(&a[1])?,
+            }
+        }
+        "replace-flows" => {
+            need(cmd, 2, 2, "BRIDGE FILE (- for stdin)")?;
+            Op::ReplaceFlows {
+                bridge: a[0].clone(),
+                flows: read_flows(&a[1])?,
+            }
+        }
+        "del-flows" => {
+            need(cmd, 1, 2, "BRIDGE [MATCH]")?;
+            Op::DelFlows {
+                bridge: a[0].clone(),
+                strict: cmd.strict,
+                filter: a.get(1).cloned().unwrap_or_default(),
+            }
+        }
+        "mod-flows" => {
+            need(cmd, 2, 2, "BRIDGE FLOW")?;
+            Op::ModFlows {
+                bridge: a[0].clone(),
+                strict: cmd.strict,
+                flow: a[1].clone(),
+            }
+        }
+        "dump-flows" => {
+            need(cmd, 1, 2, "BRIDGE [MATCH]")?;
+            Op::AssertBridge {
+                bridge: a[0].clone(),
+            }
+        }
         "list-ports" | "fdb-show" | "port-stats" => {
             need(cmd, 1, 1, "BRIDGE")?;
             Op::AssertBridge {
@@ -176,6 +226,24 @@ fn to_op(cmd: &Command) -> Result<Option<Op>, Failure> {
         }
         other => return Err(format!("unknown command '{other}'; use --help for help").into()),
     }))
+}
+
+/// Flow lines from a file, or stdin for "-": one per line, blank lines and `#`
+/// comments skipped, as ovs-ofctl add-flows reads them.
+fn read_flows(path: &str) -> Result<Vec<String>, Failure> {
+    let text = if path == "-" {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s)?;
+        s
+    } else {
+        std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?
+    };
+    Ok(text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .collect())
 }
 
 fn is_write(op: &Op) -> bool {
@@ -249,6 +317,15 @@ fn run(g: &Global, cmds: &[Command]) -> Result<(), Failure> {
                 let rows: Vec<rpc::FdbRow> =
                     serde_json::from_value(call(g, "fdb-show", json!({"bridge": a[0]}))?)?;
                 output::fdb(&mut out, g, &rows);
+            }
+            "dump-flows" => {
+                let filter = a.get(1).cloned().unwrap_or_default();
+                let rows: Vec<rpc::FlowRow> = serde_json::from_value(call(
+                    g,
+                    "dump-flows",
+                    json!({"bridge": a[0], "filter": filter}),
+                )?)?;
+                output::flows(&mut out, g, &rows);
             }
             "port-stats" => {
                 let rows: Vec<rpc::PortStatsRow> =

@@ -3,7 +3,7 @@
 use std::fmt::Write;
 
 use serde_json::json;
-use vswitchd::rpc::{FdbRow, PortStatsRow, State};
+use vswitchd::rpc::{FdbRow, FlowRow, PortStatsRow, State};
 
 use crate::args::{Format, Global};
 
@@ -309,6 +309,33 @@ pub fn port_stats(out: &mut String, g: &Global, rows: &[PortStatsRow]) {
             s.tx_bytes,
             s.tx_dropped,
             s.tx_errors
+        );
+    }
+}
+
+/// `dump-flows` in ovs-ofctl's layout:
+/// ` cookie=0x0, duration=1.234s, table=0, n_packets=0, n_bytes=0, idle_age=1, priority=0 actions=NORMAL`
+pub fn flows(out: &mut String, g: &Global, rows: &[FlowRow]) {
+    if g.format == Format::Json {
+        let _ = writeln!(out, "{}", json!(rows));
+        return;
+    }
+    for r in rows {
+        // The canonical text starts with table=N and may carry cookie=; both are
+        // printed in front already.
+        let (head, actions) = r
+            .flow
+            .split_once(",actions=")
+            .unwrap_or((r.flow.as_str(), "drop"));
+        let head: Vec<&str> = head
+            .split(',')
+            .filter(|p| !p.starts_with("table=") && !p.starts_with("cookie="))
+            .collect();
+        let body = format!("{} actions={actions}", head.join(","));
+        let _ = writeln!(
+            out,
+            " cookie={:#x}, duration={:.3}s, table={}, n_packets={}, n_bytes={}, idle_age={}, {}",
+            r.cookie, r.duration, r.table, r.n_packets, r.n_bytes, r.idle_age, body
         );
     }
 }

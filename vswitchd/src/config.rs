@@ -17,6 +17,54 @@ use ofproto::{PortNo, OFPP_LOCAL, OFPP_MAX};
 use serde::{Deserialize, Serialize};
 
 use crate::rpc::{Op, Setting};
+use ofproto::flow_syntax::{Action, FlowFilter, FlowSpec};
+
+/// Parses flow number `index` for bridge `b`, refusing what the datapath cannot do
+/// yet and ports the bridge does not have.
+fn parse_flow(index: usize, text: &str, bridge: &str, b: &Bridge) -> Result<FlowSpec, ConfigError> {
+    let spec = FlowSpec::parse(text).map_err(|e| ConfigError::BadFlow {
+        index,
+        error: e.to_string(),
+    })?;
+    for a in &spec.actions {
+        let ok = match a {
+            Action::PushVlan(t) => *t == 0x8100 || *t == 0x88a8,
+            Action::Other(_)
+            | Action::ModDlSrc(_)
+            | Action::ModDlDst(_)
+            | Action::ModNwSrc(_)
+            | Action::ModNwDst(_)
+            | Action::ModNwTos(_)
+            | Action::ModTpSrc(_)
+            | Action::ModTpDst(_)
+            | Action::DecTtl
+            | Action::SetTunnel(_)
+            | Action::WriteMetadata { .. } => false,
+            _ => true,
+        };
+        if !ok {
+            return Err(ConfigError::UnsupportedAction {
+                index,
+                action: a.to_string(),
+            });
+        }
+    }
+    // Ports are resolved when the flow is installed; here only the fields matter.
+    spec.to_match(|_| Some(0))
+        .map_err(|error| ConfigError::BadFlow { index, error })?;
+    if let Some(p) = spec
+        .named_ports()
+        .into_iter()
+        .find(|p| !b.ports.contains_key(*p))
+    {
+        return Err(ConfigError::FlowPort {
+            index,
+            port: p.to_string(),
+            bridge: bridge.to_string(),
+        });
+    }
+    Ok(spec)
+}
 
 /// Longest interface name Linux accepts (IFNAMSIZ - 1).
 pub const MAX_NAME_LEN: usize = 15;
@@ -27,7 +75,7 @@ pub struct Config {
     pub bridges: BTreeMap<String, Bridge>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Bridge {
     #[serde(default)]
     pub ports: BTreeMap<String, Port>,
@@ -39,6 +87,29 @@ pub struct Bridge {
     /// this switch has one datapath, so the value is stored and ignored.
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub datapath_type: String,
+    /// The OpenFlow tables, as canonical ovs-ofctl flow lines. Persisted — unlike
+    /// Open vSwitch, whose flows vanish when ovs-vswitchd restarts.
+    #[serde(default = "default_flows")]
+    pub flows: Vec<String>,
+}
+
+/// A new bridge's one flow, as in Open vSwitch.
+pub const DEFAULT_FLOW: &str = "table=0,priority=0,actions=NORMAL";
+
+fn default_flows() -> Vec<String> {
+    vec![DEFAULT_FLOW.to_string()]
+}
+
+impl Default for Bridge {
+    fn default() -> Self {
+        Bridge {
+            ports: BTreeMap::new(),
+            other_config: BTreeMap::new(),
+            external_ids: BTreeMap::new(),
+            datapath_type: String::new(),
+            flows: default_flows(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -152,6 +223,16 @@ pub enum ConfigError {
     UnsupportedTable(String),
     #[error("invalid name \"{name}\": {reason}")]
     BadName { name: String, reason: &'static str },
+    #[error("flow {index}: {error}")]
+    BadFlow { index: usize, error: String },
+    #[error("flow {index}: action \"{action}\" is not supported by the datapath yet")]
+    UnsupportedAction { index: usize, action: String },
+    #[error("flow {index}: no port named {port} on bridge {bridge}")]
+    FlowPort {
+        index: usize,
+        port: String,
+        bridge: String,
+    },
     #[error("interface {0}: a patch port needs options:peer naming the port at the other end")]
     PatchWithoutPeer(String),
     #[error("interface {0}: a patch port cannot be its own peer")]
@@ -430,6 +511,99 @@ impl Config {
                     return Err(ConfigError::DeleteLocalPort(port.clone()));
                 }
                 self.bridges.get_mut(&actual).unwrap().ports.remove(port);
+                Ok(())
+            }
+            Op::AddFlows { bridge, flows } => {
+                let b = self
+                    .bridges
+                    .get_mut(bridge)
+                    .ok_or_else(|| ConfigError::NoBridge(bridge.clone()))?;
+                let mut current: Vec<FlowSpec> = b
+                    .flows
+                    .iter()
+                    .filter_map(|f| FlowSpec::parse(f).ok())
+                    .collect();
+                for (i, text) in flows.iter().enumerate() {
+                    let spec = parse_flow(i + 1, text, bridge, b)?;
+                    match current.iter_mut().find(|f| f.same_rule(&spec)) {
+                        Some(f) => *f = spec,
+                        None => current.push(spec),
+                    }
+                }
+                b.flows = current.iter().map(ToString::to_string).collect();
+                Ok(())
+            }
+            Op::DelFlows {
+                bridge,
+                strict,
+                filter,
+            } => {
+                let b = self
+                    .bridges
+                    .get_mut(bridge)
+                    .ok_or_else(|| ConfigError::NoBridge(bridge.clone()))?;
+                let f = FlowFilter::parse(filter).map_err(|e| ConfigError::BadFlow {
+                    index: 1,
+                    error: e.to_string(),
+                })?;
+                b.flows.retain(|text| {
+                    FlowSpec::parse(text).map_or(true, |spec| {
+                        !(if *strict {
+                            f.is_exactly(&spec)
+                        } else {
+                            f.covers(&spec)
+                        })
+                    })
+                });
+                Ok(())
+            }
+            Op::ModFlows {
+                bridge,
+                strict,
+                flow,
+            } => {
+                let b = self
+                    .bridges
+                    .get_mut(bridge)
+                    .ok_or_else(|| ConfigError::NoBridge(bridge.clone()))?;
+                let new = parse_flow(1, flow, bridge, b)?;
+                let f = FlowFilter::parse(flow).map_err(|e| ConfigError::BadFlow {
+                    index: 1,
+                    error: e.to_string(),
+                })?;
+                b.flows = b
+                    .flows
+                    .iter()
+                    .map(|text| match FlowSpec::parse(text) {
+                        Ok(mut spec)
+                            if (if *strict {
+                                f.is_exactly(&spec)
+                            } else {
+                                f.covers(&spec)
+                            }) =>
+                        {
+                            spec.actions = new.actions.clone();
+                            spec.to_string()
+                        }
+                        _ => text.clone(),
+                    })
+                    .collect();
+                Ok(())
+            }
+            Op::ReplaceFlows { bridge, flows } => {
+                let b = self
+                    .bridges
+                    .get_mut(bridge)
+                    .ok_or_else(|| ConfigError::NoBridge(bridge.clone()))?;
+                let mut next: Vec<FlowSpec> = Vec::new();
+                for (i, text) in flows.iter().enumerate() {
+                    let spec = parse_flow(i + 1, text, bridge, b)?;
+                    match next.iter_mut().find(|f| f.same_rule(&spec)) {
+                        Some(f) => *f = spec,
+                        None => next.push(spec),
+                    }
+                }
+                b.flows = next.iter().map(ToString::to_string).collect();
                 Ok(())
             }
             Op::AssertBridge { bridge } => match self.bridges.contains_key(bridge) {

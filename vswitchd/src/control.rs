@@ -20,7 +20,8 @@ use crate::config::Config;
 use crate::datapath::{Cmd, WorkerHandle};
 use crate::db;
 use crate::reconcile::Devices;
-use crate::rpc::{self, FdbRow, Op, PortStatsRow, State};
+use crate::rpc::{self, FdbRow, FlowRow, Op, PortStatsRow, State};
+use ofproto::flow_syntax::{FlowFilter, FlowSpec};
 
 pub struct Daemon {
     pub config: Config,
@@ -158,6 +159,51 @@ async fn dispatch(shared: &Shared, method: &str, params: &Value) -> Result<Value
                     age: e.age_secs,
                 })
                 .collect();
+            serde_json::to_value(rows).map_err(app_err)
+        }
+        "dump-flows" => {
+            let bridge = bridge_param(params)?;
+            let filter = params.get("filter").and_then(Value::as_str).unwrap_or("");
+            let f = FlowFilter::parse(filter).map_err(app_err)?;
+            let d = shared.lock().await;
+            let b = d.config.bridge(&bridge).map_err(app_err)?;
+            let now_ms = crate::pipeline::epoch().elapsed().as_millis() as u64;
+            let mut rows: Vec<FlowRow> = b
+                .flows
+                .iter()
+                .filter_map(|text| {
+                    let spec = FlowSpec::parse(text).ok()?;
+                    if !f.covers(&spec) {
+                        return None;
+                    }
+                    let st = d.devices.flow_stats.get(&bridge, text);
+                    let duration = st.map_or(0.0, |s| s.created.elapsed().as_secs_f64());
+                    let last = st.map_or(0, |s| {
+                        s.last_used_ms.load(std::sync::atomic::Ordering::Relaxed)
+                    });
+                    Some(FlowRow {
+                        flow: text.clone(),
+                        table: spec.table,
+                        priority: spec.priority,
+                        cookie: spec.cookie,
+                        n_packets: st.map_or(0, |s| {
+                            s.n_packets.load(std::sync::atomic::Ordering::Relaxed)
+                        }),
+                        n_bytes: st
+                            .map_or(0, |s| s.n_bytes.load(std::sync::atomic::Ordering::Relaxed)),
+                        duration,
+                        idle_age: if last == 0 {
+                            duration as u64
+                        } else {
+                            now_ms.saturating_sub(last) / 1000
+                        },
+                    })
+                })
+                .collect();
+            rows.sort_by(|a, b| {
+                (a.table, std::cmp::Reverse(a.priority))
+                    .cmp(&(b.table, std::cmp::Reverse(b.priority)))
+            });
             serde_json::to_value(rows).map_err(app_err)
         }
         "port-stats" => {

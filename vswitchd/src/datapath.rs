@@ -38,7 +38,9 @@ use tracing::{debug, warn};
 
 use crate::netdev::poll::{Epoll, EventFd};
 use crate::netdev::{Netdev, RxBatch, TxBatch, TxStore, BATCH};
+use crate::pipeline::{ActionRt, Pipeline, MAX_RESUBMIT_DEPTH};
 use crate::stats::PortStats;
+use ofproto::flow::{FlowKey, VLAN_TCI};
 
 /// How deep a frame may travel through chained patch ports (a loop of patch pairs
 /// would otherwise recurse forever).
@@ -80,6 +82,25 @@ struct TxItem {
     tag: Option<u16>,
 }
 
+/// What the pipeline knows about a frame as its actions run.
+struct FlowState {
+    key: FlowKey,
+    /// The outer tag the frame would leave with if output now.
+    tci: Option<u16>,
+    in_port: usize,
+    /// Whether any action sent the frame somewhere.
+    output: bool,
+}
+
+impl FlowState {
+    /// Changes the frame's tag, and the key later lookups see (CFI bit = tag present).
+    fn set_tci(&mut self, tci: Option<u16>) {
+        self.tci = tci;
+        self.key
+            .set(VLAN_TCI, tci.map_or(0, |t| u64::from(t | 0x1000)));
+    }
+}
+
 /// Length of a rewritten frame prefix: virtio-net header, MAC addresses, one tag.
 const PREFIX_LEN: usize = VNET_HDR_LEN + 12 + 4;
 
@@ -88,6 +109,8 @@ pub struct BridgeRt {
     /// Indices into [`Snapshot::ports`].
     pub ports: Vec<usize>,
     pub by_ofport: HashMap<PortNo, usize>,
+    /// The flow tables; `None` when the bridge has only the default NORMAL flow.
+    pub pipeline: Option<Pipeline>,
     pub mac_table_size: usize,
     pub mac_aging_secs: u64,
 }
@@ -204,7 +227,7 @@ impl Worker {
             tag_buf: Vec::with_capacity(crate::netdev::BUF_SIZE + 4),
             seg_buf: Vec::with_capacity(BATCH * crate::netdev::BUF_SIZE + PREALLOC_SEGMENTS * 128),
             seg_ranges: Vec::with_capacity(PREALLOC_SEGMENTS),
-            epoch: Instant::now(),
+            epoch: crate::pipeline::epoch(),
             now: 0,
             last_expire: 0,
         })
@@ -372,11 +395,7 @@ impl Worker {
                 c.packets += 1;
                 c.bytes += (slot.len() - VNET_HDR_LEN) as u64;
                 let (src, dst, tci) = (eth.src(), eth.dst(), eth.vlan_tci());
-                let Ok(vlan) = p.vlan.input(tci) else {
-                    c.dropped += 1;
-                    continue;
-                };
-                if !self.forward(&snap, i as u16, port, vlan, tci, src, dst, 0) {
+                if !self.ingress(&snap, i as u16, port, tci, src, dst, 0) {
                     c.dropped += 1;
                 }
             }
@@ -384,6 +403,124 @@ impl Worker {
             self.flush(&snap);
             if n < BATCH {
                 return;
+            }
+        }
+    }
+
+    /// A frame enters a bridge on `in_port`: through the bridge's flow tables if it
+    /// has any, else straight to NORMAL. Returns false if the frame was dropped.
+    #[allow(clippy::too_many_arguments)]
+    fn ingress(
+        &mut self,
+        snap: &Snapshot,
+        slot: u16,
+        in_port: usize,
+        tci: Option<u16>,
+        src: MacAddr,
+        dst: MacAddr,
+        depth: u8,
+    ) -> bool {
+        let p = &snap.ports[in_port];
+        match &snap.bridges[p.bridge].pipeline {
+            None => match p.vlan.input(tci) {
+                Ok(vlan) => self.forward(snap, slot, in_port, vlan, tci, src, dst, depth),
+                Err(_) => false,
+            },
+            Some(pl) => {
+                let frame = &self.rx.slot(usize::from(slot))[VNET_HDR_LEN..];
+                let key = FlowKey::extract(frame, p.ofport);
+                let mut st = FlowState {
+                    key,
+                    tci,
+                    in_port,
+                    output: false,
+                };
+                self.run_table(snap, pl, slot, 0, &mut st, src, dst, depth, 0);
+                st.output
+            }
+        }
+    }
+
+    /// Looks the frame up in `table` and runs the winning rule's actions.
+    #[allow(clippy::too_many_arguments)]
+    fn run_table(
+        &mut self,
+        snap: &Snapshot,
+        pl: &Pipeline,
+        slot: u16,
+        table: u8,
+        st: &mut FlowState,
+        src: MacAddr,
+        dst: MacAddr,
+        depth: u8,
+        resubmits: u8,
+    ) {
+        let Some((_, rule)) = pl.table(table).and_then(|c| c.lookup(&st.key)) else {
+            return;
+        };
+        let rule = &rule.data;
+        let len = (self.rx.slot(usize::from(slot)).len() - VNET_HDR_LEN) as u64;
+        rule.stats.hit(len, self.now.max(1));
+        let br = &snap.bridges[snap.ports[st.in_port].bridge];
+        for a in &rule.actions {
+            match *a {
+                ActionRt::Output(Some(out)) if out != st.in_port => {
+                    self.emit(snap, slot, out, st.tci, src, dst, depth);
+                    st.output = true;
+                }
+                ActionRt::Output(_) | ActionRt::Drop => {}
+                ActionRt::InPort => {
+                    self.emit(snap, slot, st.in_port, st.tci, src, dst, depth);
+                    st.output = true;
+                }
+                ActionRt::Flood | ActionRt::All => {
+                    for &out in &br.ports {
+                        if out != st.in_port {
+                            self.emit(snap, slot, out, st.tci, src, dst, depth);
+                        }
+                    }
+                    st.output = true;
+                }
+                ActionRt::Normal => {
+                    let vlan = snap.ports[st.in_port].vlan.input(st.tci);
+                    if let Ok(vlan) = vlan {
+                        st.output |=
+                            self.forward(snap, slot, st.in_port, vlan, st.tci, src, dst, depth);
+                    }
+                }
+                ActionRt::SetVlanVid(v) => st.set_tci(Some((st.tci.unwrap_or(0) & 0xe000) | v)),
+                ActionRt::SetVlanPcp(p) => {
+                    st.set_tci(Some((st.tci.unwrap_or(0) & 0x0fff) | (u16::from(p) << 13)))
+                }
+                ActionRt::StripVlan => st.set_tci(None),
+                ActionRt::PushVlan => st.set_tci(Some(st.tci.unwrap_or(0))),
+                ActionRt::Resubmit { in_port, table: t } if resubmits < MAX_RESUBMIT_DEPTH => {
+                    let saved = st.in_port;
+                    if let Some(p) = in_port {
+                        st.in_port = p;
+                        st.key
+                            .set(ofproto::flow::IN_PORT, u64::from(snap.ports[p].ofport));
+                    }
+                    self.run_table(
+                        snap,
+                        pl,
+                        slot,
+                        t.unwrap_or(table),
+                        st,
+                        src,
+                        dst,
+                        depth,
+                        resubmits + 1,
+                    );
+                    st.in_port = saved;
+                    st.key
+                        .set(ofproto::flow::IN_PORT, u64::from(snap.ports[saved].ofport));
+                }
+                ActionRt::GotoTable(t) if t > table => {
+                    self.run_table(snap, pl, slot, t, st, src, dst, depth, resubmits);
+                    return;
+                }
+                ActionRt::Resubmit { .. } | ActionRt::GotoTable(_) => {}
             }
         }
     }
@@ -437,13 +574,29 @@ impl Worker {
         dst: MacAddr,
         depth: u8,
     ) {
-        let p = &snap.ports[out];
         // The outer tag the frame has once it leaves this port.
-        let tag = match p.vlan.tag_op(vlan, tci) {
+        let tag = match snap.ports[out].vlan.tag_op(vlan, tci) {
             TagOp::Keep => tci,
             TagOp::Strip => None,
             TagOp::Push(t) | TagOp::Rewrite(t) => Some(t),
         };
+        self.emit(snap, slot, out, tag, src, dst, depth);
+    }
+
+    /// Queues receive slot `slot` for port `out`, to leave with outer tag `tag`, or
+    /// hands it to the peer bridge of a patch port.
+    #[allow(clippy::too_many_arguments)]
+    fn emit(
+        &mut self,
+        snap: &Snapshot,
+        slot: u16,
+        out: usize,
+        tag: Option<u16>,
+        src: MacAddr,
+        dst: MacAddr,
+        depth: u8,
+    ) {
+        let p = &snap.ports[out];
         match &p.kind {
             PortKind::Device(_) => {
                 let q = &mut self.txq[out];
@@ -455,13 +608,11 @@ impl Worker {
             PortKind::Patch { peer: Some(peer) } if depth < MAX_PATCH_DEPTH => {
                 let len = (self.rx.slot(usize::from(slot)).len() - VNET_HDR_LEN) as u64;
                 p.stats.add_tx(1, len, 0, 0);
-                let peer_port = &snap.ports[*peer];
                 // The frame enters the peer bridge as it would have left this port.
-                let admitted = match peer_port.vlan.input(tag) {
-                    Ok(v) => self.forward(snap, slot, *peer, v, tag, src, dst, depth + 1),
-                    Err(_) => false,
-                };
-                peer_port.stats.add_rx(1, len, u64::from(!admitted), 0);
+                let admitted = self.ingress(snap, slot, *peer, tag, src, dst, depth + 1);
+                snap.ports[*peer]
+                    .stats
+                    .add_rx(1, len, u64::from(!admitted), 0);
             }
             _ => p.stats.add_tx(0, 0, 1, 0),
         }

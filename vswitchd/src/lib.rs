@@ -7,6 +7,7 @@ pub mod control;
 pub mod datapath;
 pub mod db;
 pub mod netdev;
+pub mod pipeline;
 pub mod reconcile;
 pub mod rpc;
 pub mod stats;

@@ -17,6 +17,7 @@ use crate::datapath::{BridgeRt, PortKind, PortRt, Snapshot};
 use crate::netdev::afpacket::PacketSocket;
 use crate::netdev::tap::Tap;
 use crate::netdev::{sys, Netdev};
+use crate::pipeline::{self, FlowStatsRegistry};
 use crate::rpc::IfaceStatus;
 use crate::stats::PortStats;
 
@@ -38,6 +39,8 @@ pub struct Devices {
     open: HashMap<String, OpenDevice>,
     stats: HashMap<String, Arc<PortStats>>,
     errors: HashMap<String, String>,
+    /// Per-flow counters, kept across recompiles of the flow tables.
+    pub flow_stats: FlowStatsRegistry,
 }
 
 fn wanted(cfg: &Config) -> HashMap<&str, OpenedAs> {
@@ -169,6 +172,7 @@ impl Devices {
                 name: bname.clone(),
                 ports: Vec::with_capacity(b.ports.len()),
                 by_ofport: HashMap::new(),
+                pipeline: None,
                 mac_table_size: b.mac_table_size(),
                 mac_aging_secs: b.mac_aging_secs(),
             };
@@ -193,6 +197,18 @@ impl Devices {
                 index.insert(pname, i);
             }
             snap.bridges.push(br);
+        }
+        // Compile flow tables, resolving port names within each bridge.
+        self.flow_stats.retain(cfg);
+        for (bi, (bname, b)) in cfg.bridges.iter().enumerate() {
+            let ports = &snap.ports;
+            let resolve = |name: &str| {
+                let &i = index.get(name)?;
+                (ports[i].bridge == bi).then(|| (i, ports[i].ofport))
+            };
+            let local = index.get(bname.as_str()).copied();
+            snap.bridges[bi].pipeline =
+                pipeline::compile(bname, b, &resolve, local, &mut self.flow_stats);
         }
         // Resolve patch peers now that every port has an index.
         for b in cfg.bridges.values() {

@@ -86,6 +86,27 @@ pub enum Op {
         column: String,
         values: Vec<String>,
     },
+    /// Adds flows (ovs-ofctl syntax); one with the same table, priority and match
+    /// as an existing flow replaces it.
+    AddFlows { bridge: String, flows: Vec<String> },
+    /// Deletes the flows `filter` selects (all when empty); `strict` selects by
+    /// exact table, priority and match.
+    DelFlows {
+        bridge: String,
+        #[serde(default)]
+        strict: bool,
+        #[serde(default)]
+        filter: String,
+    },
+    /// Gives the flows `flow`'s match selects the actions of `flow`.
+    ModFlows {
+        bridge: String,
+        #[serde(default)]
+        strict: bool,
+        flow: String,
+    },
+    /// Makes the bridge's flows exactly `flows` (unchanged ones keep their counters).
+    ReplaceFlows { bridge: String, flows: Vec<String> },
     /// Fails the transaction unless the bridge exists (a read command chained after
     /// writes, e.g. `add-port br0 p1 -- list-ports br9`, must abort the writes).
     AssertBridge { bridge: String },
@@ -155,6 +176,22 @@ pub struct FdbRow {
     pub vlan: u16,
     pub mac: String,
     pub age: u64,
+}
+
+/// A row of `dump-flows`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FlowRow {
+    /// The flow in ovs-ofctl syntax (canonical form).
+    pub flow: String,
+    pub table: u8,
+    pub priority: u16,
+    pub cookie: u64,
+    pub n_packets: u64,
+    pub n_bytes: u64,
+    /// Seconds since the flow was added.
+    pub duration: f64,
+    /// Seconds since the flow last matched a packet (or since it was added).
+    pub idle_age: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
