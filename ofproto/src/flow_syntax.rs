@@ -15,7 +15,7 @@ use std::fmt;
 use std::net::{Ipv4Addr, Ipv6Addr};
 
 /// A port as written: a name, a number, or a reserved port.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum PortRef {
     Number(u32),
     Name(String),
@@ -351,7 +351,7 @@ const REG_DEF: FieldDef = FieldDef {
 
 /// One matched field, canonical: the field's primary name (or `regN`), the value
 /// and the mask (all ones when exact), both within the field's width.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct FieldMatch {
     pub field: String,
     pub value: u128,

@@ -234,3 +234,50 @@ fn bad_flows_change_nothing_and_replace_keeps_counters() {
     assert!(flows(&d, &br).is_empty());
     assert!(!a.ping(&b.ip), "no flows must mean drop");
 }
+
+#[test]
+fn idle_and_hard_timeouts_remove_flows() {
+    let (d, br, a, b) = setup();
+    d.vsctl_ok(&[
+        "add-flow",
+        &br,
+        "priority=300,idle_timeout=2,icmp,actions=NORMAL",
+    ]);
+    d.vsctl_ok(&[
+        "add-flow",
+        &br,
+        "priority=301,hard_timeout=3,arp,actions=NORMAL",
+    ]);
+    let installed = std::time::Instant::now();
+    let has = |needle: &str| {
+        flows(&d, &br)
+            .iter()
+            .any(|r| r["flow"].as_str().unwrap().contains(needle))
+    };
+    assert!(has("arp") && has("icmp"));
+    // Traffic keeps the idle flow alive past its timeout...
+    let pinger = a.ns.exec("ping -c 16 -i 0.25 -w 10 10.0.12.2");
+    assert!(pinger.status.success());
+    assert!(has("icmp"), "idle_timeout removed a flow that was in use");
+    // ...the hard timeout does not care about traffic (timeouts are checked once a
+    // second, in whole seconds, so it fires 3 to 4 s after install)...
+    wait_for(
+        Duration::from_secs(5),
+        "the hard_timeout flow to expire",
+        || (!has("arp")).then_some(()),
+    );
+    assert!(
+        installed.elapsed() >= Duration::from_secs(3),
+        "hard_timeout fired early"
+    );
+    // ...and once idle, the flow goes.
+    wait_for(Duration::from_secs(10), "the idle flow to expire", || {
+        (!has("icmp")).then_some(())
+    });
+    let conf = std::fs::read_to_string(d.dir.join("conf.json")).unwrap();
+    assert!(
+        !conf.contains("timeout="),
+        "expired flows still persisted: {conf}"
+    );
+    assert!(a.ping(&b.ip), "the default flow should still forward");
+}

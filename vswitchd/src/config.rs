@@ -19,6 +19,25 @@ use serde::{Deserialize, Serialize};
 use crate::rpc::{Op, Setting};
 use ofproto::flow_syntax::{Action, FlowFilter, FlowSpec};
 
+/// `current` with `new` added in order; a flow with the same table, priority and
+/// match as an earlier one replaces it in place. Linear in the number of flows.
+fn merge_flows(current: Vec<FlowSpec>, new: Vec<FlowSpec>) -> Vec<String> {
+    type RuleKey = (u8, u16, Vec<ofproto::flow_syntax::FieldMatch>);
+    let mut out: Vec<FlowSpec> = Vec::with_capacity(current.len() + new.len());
+    let mut at: std::collections::HashMap<RuleKey, usize> = std::collections::HashMap::new();
+    for spec in current.into_iter().chain(new) {
+        let key = (spec.table, spec.priority, spec.matches.clone());
+        match at.get(&key) {
+            Some(&i) => out[i] = spec,
+            None => {
+                at.insert(key, out.len());
+                out.push(spec);
+            }
+        }
+    }
+    out.iter().map(ToString::to_string).collect()
+}
+
 /// Parses flow number `index` for bridge `b`, refusing what the datapath cannot do
 /// yet and ports the bridge does not have.
 fn parse_flow(index: usize, text: &str, bridge: &str, b: &Bridge) -> Result<FlowSpec, ConfigError> {
@@ -518,19 +537,16 @@ impl Config {
                     .bridges
                     .get_mut(bridge)
                     .ok_or_else(|| ConfigError::NoBridge(bridge.clone()))?;
-                let mut current: Vec<FlowSpec> = b
+                let current: Vec<FlowSpec> = b
                     .flows
                     .iter()
                     .filter_map(|f| FlowSpec::parse(f).ok())
                     .collect();
+                let mut new = Vec::with_capacity(flows.len());
                 for (i, text) in flows.iter().enumerate() {
-                    let spec = parse_flow(i + 1, text, bridge, b)?;
-                    match current.iter_mut().find(|f| f.same_rule(&spec)) {
-                        Some(f) => *f = spec,
-                        None => current.push(spec),
-                    }
+                    new.push(parse_flow(i + 1, text, bridge, b)?);
                 }
-                b.flows = current.iter().map(ToString::to_string).collect();
+                b.flows = merge_flows(current, new);
                 Ok(())
             }
             Op::DelFlows {
@@ -595,15 +611,11 @@ impl Config {
                     .bridges
                     .get_mut(bridge)
                     .ok_or_else(|| ConfigError::NoBridge(bridge.clone()))?;
-                let mut next: Vec<FlowSpec> = Vec::new();
+                let mut new = Vec::with_capacity(flows.len());
                 for (i, text) in flows.iter().enumerate() {
-                    let spec = parse_flow(i + 1, text, bridge, b)?;
-                    match next.iter_mut().find(|f| f.same_rule(&spec)) {
-                        Some(f) => *f = spec,
-                        None => next.push(spec),
-                    }
+                    new.push(parse_flow(i + 1, text, bridge, b)?);
                 }
-                b.flows = next.iter().map(ToString::to_string).collect();
+                b.flows = merge_flows(Vec::new(), new);
                 Ok(())
             }
             Op::AssertBridge { bridge } => match self.bridges.contains_key(bridge) {

@@ -69,6 +69,7 @@ impl Daemon {
     /// The periodic check: re-attach devices that appeared, drop ones that vanished.
     pub async fn recheck(&mut self) {
         self.devices.collect_kernel_drops();
+        self.expire_flows().await;
         if !self.devices.obsolete(&self.config).is_empty() {
             self.reconcile().await;
         } else if self.devices.missing(&self.config) && self.devices.open_missing(&self.config) {
@@ -76,6 +77,58 @@ impl Daemon {
             // failing must not make the datapath reconfigure every second.
             self.publish().await;
         }
+    }
+
+    /// Removes flows whose idle_timeout or hard_timeout has passed, as one
+    /// persisted change. Timeouts count from when this daemon installed (or
+    /// restored) the flow.
+    async fn expire_flows(&mut self) {
+        let now_ms = crate::pipeline::epoch().elapsed().as_millis() as u64;
+        let mut next = self.config.clone();
+        let mut expired = 0;
+        for (bname, b) in next.bridges.iter_mut() {
+            b.flows.retain(|text| {
+                if !text.contains("_timeout=") {
+                    return true;
+                }
+                let (Ok(spec), Some(st)) = (
+                    FlowSpec::parse(text),
+                    self.devices.flow_stats.get(bname, text),
+                ) else {
+                    return true;
+                };
+                let age = st.created.elapsed().as_secs();
+                let last = st.last_used_ms.load(std::sync::atomic::Ordering::Relaxed);
+                let idle = if last == 0 {
+                    age
+                } else {
+                    now_ms.saturating_sub(last) / 1000
+                };
+                let hard_over = spec.hard_timeout != 0 && age >= u64::from(spec.hard_timeout);
+                let idle_over = spec.idle_timeout != 0 && idle >= u64::from(spec.idle_timeout);
+                if hard_over || idle_over {
+                    info!(
+                        "bridge {bname}: flow expired ({}): {text}",
+                        if hard_over {
+                            "hard_timeout"
+                        } else {
+                            "idle_timeout"
+                        }
+                    );
+                    expired += 1;
+                }
+                !(hard_over || idle_over)
+            });
+        }
+        if expired == 0 {
+            return;
+        }
+        if let Err(e) = db::save(&self.db_path, &next) {
+            warn!("cannot persist flow expiry, keeping the flows: {e}");
+            return;
+        }
+        self.config = next;
+        self.publish().await;
     }
 
     pub async fn shutdown(&mut self) {

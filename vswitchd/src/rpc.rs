@@ -29,7 +29,9 @@ pub const SOCKET_NAME: &str = "vswitchd.sock";
 pub const DEFAULT_RUNDIR: &str = "/run/vswitch";
 pub const DEFAULT_DB: &str = "/var/lib/vswitch/conf.json";
 /// Largest request line the daemon reads; longer ones are refused with -32600.
-pub const MAX_REQUEST_BYTES: usize = 4 << 20;
+/// Large enough for `add-flows` of 100k+ flows; the bound keeps a runaway client
+/// from exhausting memory (the socket is root-only).
+pub const MAX_REQUEST_BYTES: usize = 64 << 20;
 
 pub const PARSE_ERROR: i64 = -32700;
 pub const INVALID_REQUEST: i64 = -32600;
@@ -262,11 +264,15 @@ pub fn call(
         serde_json::to_vec(&json!({"jsonrpc": "2.0", "id": 1, "method": method, "params": params}))
             .map_err(|e| ClientError::Protocol(e.to_string()))?;
     line.push(b'\n');
-    (&stream).write_all(&line).map_err(io_err)?;
+    // If the daemon refuses the request part-way (too large), it answers and hangs
+    // up: the write fails, but its answer is still there to read.
+    let written = (&stream).write_all(&line);
     let mut reader = BufReader::new(&stream);
     let mut answer = String::new();
-    reader.read_line(&mut answer).map_err(io_err)?;
+    let read = reader.read_line(&mut answer);
     if answer.is_empty() {
+        written.map_err(io_err)?;
+        read.map_err(io_err)?;
         return Err(ClientError::Protocol(
             "connection closed without an answer".into(),
         ));
