@@ -281,3 +281,97 @@ fn idle_and_hard_timeouts_remove_flows() {
     );
     assert!(a.ping(&b.ip), "the default flow should still forward");
 }
+
+#[test]
+fn trace_narrates_tables_normal_and_vlans() {
+    let d = Daemon::start();
+    let br = uniq("br");
+    d.vsctl_ok(&["add-br", &br]);
+    let a = Host::new("xa", "10.0.13.1/24");
+    let b = Host::new("xb", "10.0.13.2/24");
+    let c = Host::new("xc", "10.0.13.3/24");
+    d.vsctl_ok(&[
+        "add-port", &br, &a.port, "tag=10", "--", "add-port", &br, &b.port, "tag=10",
+    ]);
+    d.vsctl_ok(&["add-port", &br, &c.port, "trunks=10,20"]);
+    assert!(a.ping(&b.ip));
+
+    let t = d.vsctl_ok(&[
+        "trace",
+        &br,
+        &format!("in_port={},dl_src={},dl_dst={}", a.port, a.mac, b.mac),
+    ]);
+    assert!(t.contains("0. table=0,priority=0,actions=NORMAL"), "{t}");
+    assert!(
+        t.contains(&format!(
+            "NORMAL: {} learned on {} in VLAN 10",
+            b.mac, b.port
+        )),
+        "{t}"
+    );
+    assert!(
+        t.trim_end()
+            .ends_with(&format!("Datapath actions: {}", b.port)),
+        "{t}"
+    );
+
+    let t = d.vsctl_ok(&[
+        "trace",
+        &br,
+        &format!(
+            "in_port={},dl_src={},dl_dst=02:00:00:00:99:99",
+            a.port, a.mac
+        ),
+    ]);
+    assert!(
+        t.contains("no learned port for 02:00:00:00:99:99 in VLAN 10, flooding"),
+        "{t}"
+    );
+    assert!(
+        t.contains(&format!("output to {} (untagged)", b.port))
+            && t.contains(&format!("output to {} (VLAN 10 PCP 0)", c.port)),
+        "{t}"
+    );
+    assert!(
+        !t.contains(&format!("output to {}", a.port)),
+        "flooded back out of the input port: {t}"
+    );
+
+    let t = d.vsctl_ok(&[
+        "trace",
+        &br,
+        &format!("in_port={},dl_vlan=20,dl_dst={}", a.port, b.mac),
+    ]);
+    assert!(
+        t.contains("dropping VLAN 20 tagged packet received on access port (VLAN 10)"),
+        "{t}"
+    );
+    assert!(t.contains("Datapath actions: drop"), "{t}");
+
+    d.vsctl_ok(&["add-flow", &br, "priority=200,tcp,tp_dst=22,actions=drop"]);
+    let t = d.vsctl_ok(&[
+        "trace",
+        &br,
+        &format!("in_port={},tcp,tp_dst=22,dl_dst={}", a.port, b.mac),
+    ]);
+    assert!(
+        t.contains("0. table=0,priority=200,tcp,tp_dst=22,actions=drop")
+            && t.contains("Datapath actions: drop"),
+        "{t}"
+    );
+    // Tracing sends nothing: b's counters did not move.
+    let before = d.port_stats(&br, &b.port)["tx_packets"].as_u64().unwrap();
+    d.vsctl_ok(&[
+        "trace",
+        &br,
+        &format!("in_port={},dl_dst={}", a.port, b.mac),
+    ]);
+    assert_eq!(
+        d.port_stats(&br, &b.port)["tx_packets"].as_u64().unwrap(),
+        before
+    );
+    assert!(
+        !d.vsctl(&["trace", &br, "tcp"]).status.success(),
+        "trace without in_port accepted"
+    );
+}

@@ -43,6 +43,8 @@ Flow commands (ovs-ofctl syntax; flows persist across restarts):
   del-flows BRIDGE [MATCH]      delete matching flows (all without MATCH; --strict)
   mod-flows BRIDGE FLOW         change the actions of matching flows (--strict)
   dump-flows BRIDGE [MATCH]     print flows with n_packets, n_bytes, duration, idle_age
+  trace BRIDGE FLOW             what the bridge would do with a packet (in_port=.. required),
+                                table by table, with NORMAL's decision; sends nothing
 Status:
   show                          print an overview of the configuration
   fdb-show BRIDGE               print the MAC learning table (like ovs-appctl fdb/show)
@@ -200,6 +202,12 @@ fn to_op(cmd: &Command) -> Result<Option<Op>, Failure> {
                 flow: a[1].clone(),
             }
         }
+        "trace" => {
+            need(cmd, 2, 2, "BRIDGE FLOW")?;
+            Op::AssertBridge {
+                bridge: a[0].clone(),
+            }
+        }
         "dump-flows" => {
             need(cmd, 1, 2, "BRIDGE [MATCH]")?;
             Op::AssertBridge {
@@ -317,6 +325,13 @@ fn run(g: &Global, cmds: &[Command]) -> Result<(), Failure> {
                 let rows: Vec<rpc::FdbRow> =
                     serde_json::from_value(call(g, "fdb-show", json!({"bridge": a[0]}))?)?;
                 output::fdb(&mut out, g, &rows);
+            }
+            "trace" => {
+                let v = call(g, "trace", json!({"bridge": a[0], "flow": a[1]}))?;
+                match g.format {
+                    args::Format::Json => out.push_str(&format!("{v}\n")),
+                    args::Format::Table => out.push_str(v["text"].as_str().unwrap_or_default()),
+                }
             }
             "dump-flows" => {
                 let filter = a.get(1).cloned().unwrap_or_default();

@@ -214,6 +214,32 @@ async fn dispatch(shared: &Shared, method: &str, params: &Value) -> Result<Value
                 .collect();
             serde_json::to_value(rows).map_err(app_err)
         }
+        "trace" => {
+            let bridge = bridge_param(params)?;
+            let flow = params
+                .get("flow")
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .to_string();
+            let rx = {
+                let d = shared.lock().await;
+                d.config.bridge(&bridge).map_err(app_err)?;
+                let (tx, rx) = oneshot::channel();
+                d.worker.send(Cmd::DumpFdb {
+                    bridge: bridge.clone(),
+                    reply: tx,
+                });
+                rx
+            };
+            let fdb = tokio::time::timeout(DATAPATH_ACK, rx)
+                .await
+                .map_err(|_| app_err("datapath did not answer"))?
+                .map_err(|_| app_err("datapath stopped"))?
+                .unwrap_or_default();
+            let d = shared.lock().await;
+            let text = crate::trace::trace(&d.config, &bridge, &flow, &fdb).map_err(app_err)?;
+            Ok(json!({ "text": text }))
+        }
         "dump-flows" => {
             let bridge = bridge_param(params)?;
             let filter = params.get("filter").and_then(Value::as_str).unwrap_or("");

@@ -11,3 +11,4 @@ pub mod pipeline;
 pub mod reconcile;
 pub mod rpc;
 pub mod stats;
+pub mod trace;
