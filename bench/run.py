@@ -39,8 +39,9 @@ VA, VB = f"vsba{PID % 100000}", f"vsbb{PID % 100000}"
 IP_A, IP_B = "10.199.0.1", "10.199.0.2"
 KINDS = ["vswitchd", "ovs", "ovs-tso", "bridge", "veth"]
 # Extra cases, by --kinds: two bridges joined by a veth, untagged and as
-# access→trunk→access (VLAN 10), to compare tagged with untagged forwarding.
-EXTRA_KINDS = ["vswitchd-2br", "vswitchd-vlan"]
+# access→trunk→access (VLAN 10), to compare tagged with untagged forwarding; and
+# one bridge with 10 000 installed flows, to compare with `vswitchd`.
+EXTRA_KINDS = ["vswitchd-2br", "vswitchd-vlan", "vswitchd-10k"]
 
 
 def sh(cmd, check=True, capture=True):
@@ -145,6 +146,23 @@ class Topology:
         trk = " trunks=10" if vlan else ""
         sh(f"{v} add-br {b0} -- add-br {b1} -- add-port {b0} {VA}{acc} -- add-port {b0} {t0}{trk}"
            f" -- add-port {b1} {t1}{trk} -- add-port {b1} {VB}{acc}")
+
+    def up_vswitchd_10k(self):
+        """One bridge as in `vswitchd`, plus 10 000 flows the traffic does not hit (over
+        two masks) above the NORMAL flow: every frame pays key extraction and a
+        classifier lookup."""
+        v = self._start_vswitchd()
+        br = f"vsbr{PID % 100000}"
+        sh(f"{v} add-br {br} -- add-port {br} {VA} -- add-port {br} {VB}")
+        path = os.path.join(self.tmp, "flows.txt")
+        with open(path, "w") as f:
+            for i in range(10_000):
+                if i % 2:
+                    f.write(f"priority=100,ip,nw_dst=172.{16 + (i >> 16) % 16}.{(i >> 8) & 255}.{i & 255},actions=drop\n")
+                else:
+                    f.write(f"priority=90,udp,tp_dst={20000 + i},actions=drop\n")
+            f.write("priority=0,actions=NORMAL\n")
+        sh(f"{v} --timeout=60 add-flows {br} {path}")
 
     def up_vswitchd_2br(self):
         self._two_bridges(False)
