@@ -161,6 +161,23 @@ fn flows_rewrite_vlan_tags_and_chain_tables() {
         flow_with(&rows, "table=1")["n_packets"].as_u64().unwrap() >= 1,
         "resubmit never reached table 1"
     );
+    let tables = d.vsctl_json(&["dump-tables", &br]);
+    let t = tables.as_array().unwrap();
+    assert_eq!(
+        (t[0]["table"].as_u64(), t[0]["active"].as_u64()),
+        (Some(0), Some(2)),
+        "{tables}"
+    );
+    assert_eq!(
+        (t[1]["table"].as_u64(), t[1]["active"].as_u64()),
+        (Some(1), Some(1)),
+        "{tables}"
+    );
+    assert!(t[0]["lookups"].as_u64().unwrap() >= t[0]["matched"].as_u64().unwrap());
+    assert!(t[1]["matched"].as_u64().unwrap() >= 1, "{tables}");
+    assert!(d
+        .vsctl_ok(&["dump-tables", &br])
+        .contains("table 1: active=1"));
 }
 
 #[test]

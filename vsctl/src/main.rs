@@ -43,6 +43,7 @@ Flow commands (ovs-ofctl syntax; flows persist across restarts):
   del-flows BRIDGE [MATCH]      delete matching flows (all without MATCH; --strict)
   mod-flows BRIDGE FLOW         change the actions of matching flows (--strict)
   dump-flows BRIDGE [MATCH]     print flows with n_packets, n_bytes, duration, idle_age
+  dump-tables BRIDGE            per table: active flows, lookups, matches
   trace BRIDGE FLOW             what the bridge would do with a packet (in_port=.. required),
                                 table by table, with NORMAL's decision; sends nothing
 Status:
@@ -202,6 +203,12 @@ fn to_op(cmd: &Command) -> Result<Option<Op>, Failure> {
                 flow: a[1].clone(),
             }
         }
+        "dump-tables" => {
+            need(cmd, 1, 1, "BRIDGE")?;
+            Op::AssertBridge {
+                bridge: a[0].clone(),
+            }
+        }
         "trace" => {
             need(cmd, 2, 2, "BRIDGE FLOW")?;
             Op::AssertBridge {
@@ -325,6 +332,20 @@ fn run(g: &Global, cmds: &[Command]) -> Result<(), Failure> {
                 let rows: Vec<rpc::FdbRow> =
                     serde_json::from_value(call(g, "fdb-show", json!({"bridge": a[0]}))?)?;
                 output::fdb(&mut out, g, &rows);
+            }
+            "dump-tables" => {
+                let v = call(g, "dump-tables", json!({"bridge": a[0]}))?;
+                match g.format {
+                    args::Format::Json => out.push_str(&format!("{v}\n")),
+                    args::Format::Table => {
+                        for t in v.as_array().into_iter().flatten() {
+                            out.push_str(&format!(
+                                "  table {}: active={}, lookup={}, matched={}\n",
+                                t["table"], t["active"], t["lookups"], t["matched"]
+                            ));
+                        }
+                    }
+                }
             }
             "trace" => {
                 let v = call(g, "trace", json!({"bridge": a[0], "flow": a[1]}))?;

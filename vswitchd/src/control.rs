@@ -240,6 +240,32 @@ async fn dispatch(shared: &Shared, method: &str, params: &Value) -> Result<Value
             let text = crate::trace::trace(&d.config, &bridge, &flow, &fdb).map_err(app_err)?;
             Ok(json!({ "text": text }))
         }
+        "dump-tables" => {
+            let bridge = bridge_param(params)?;
+            let d = shared.lock().await;
+            let b = d.config.bridge(&bridge).map_err(app_err)?;
+            let mut active: std::collections::BTreeMap<u8, u64> = std::collections::BTreeMap::new();
+            for text in &b.flows {
+                if let Ok(spec) = FlowSpec::parse(text) {
+                    *active.entry(spec.table).or_default() += 1;
+                }
+            }
+            let load =
+                |a: &std::sync::atomic::AtomicU64| a.load(std::sync::atomic::Ordering::Relaxed);
+            let rows: Vec<Value> = active
+                .iter()
+                .map(|(&t, &n)| {
+                    let st = d.devices.flow_stats.table(&bridge, t);
+                    json!({
+                        "table": t,
+                        "active": n,
+                        "lookups": st.map_or(0, |s| load(&s.lookups)),
+                        "matched": st.map_or(0, |s| load(&s.matched)),
+                    })
+                })
+                .collect();
+            Ok(Value::Array(rows))
+        }
         "dump-flows" => {
             let bridge = bridge_param(params)?;
             let filter = params.get("filter").and_then(Value::as_str).unwrap_or("");

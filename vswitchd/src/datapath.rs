@@ -455,9 +455,18 @@ impl Worker {
         depth: u8,
         resubmits: u8,
     ) {
+        let ts = pl.table_stats.get(usize::from(table));
+        if let Some(ts) = ts {
+            ts.lookups
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let Some((_, rule)) = pl.table(table).and_then(|c| c.lookup(&st.key)) else {
             return;
         };
+        if let Some(ts) = ts {
+            ts.matched
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
         let rule = &rule.data;
         let len = (self.rx.slot(usize::from(slot)).len() - VNET_HDR_LEN) as u64;
         rule.stats.hit(len, self.now.max(1));

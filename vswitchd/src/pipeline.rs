@@ -86,10 +86,19 @@ pub struct RuleRt {
     pub stats: Arc<FlowStats>,
 }
 
+/// Per-table counters for `dump-tables`, kept across recompiles.
+#[derive(Debug, Default)]
+pub struct TableStats {
+    pub lookups: AtomicU64,
+    pub matched: AtomicU64,
+}
+
 #[derive(Debug, Default)]
 pub struct Pipeline {
     /// Indexed by table number; absent tables miss (drop).
     pub tables: Vec<Option<Classifier<RuleRt>>>,
+    /// Indexed by table number, like `tables`.
+    pub table_stats: Vec<Arc<TableStats>>,
 }
 
 impl Pipeline {
@@ -99,15 +108,29 @@ impl Pipeline {
     }
 }
 
-/// Per-flow counters of every bridge, by (bridge, flow text).
+/// Per-flow counters of every bridge, by (bridge, flow text), and per-table
+/// counters by (bridge, table).
 #[derive(Default)]
 pub struct FlowStatsRegistry {
     stats: HashMap<(String, String), Arc<FlowStats>>,
+    tables: HashMap<(String, u8), Arc<TableStats>>,
 }
 
 impl FlowStatsRegistry {
     pub fn get(&self, bridge: &str, flow: &str) -> Option<&Arc<FlowStats>> {
         self.stats.get(&(bridge.to_string(), flow.to_string()))
+    }
+
+    /// Counters of table `t` of `bridge`, if it was ever compiled.
+    pub fn table(&self, bridge: &str, t: u8) -> Option<&Arc<TableStats>> {
+        self.tables.get(&(bridge.to_string(), t))
+    }
+
+    fn table_entry(&mut self, bridge: &str, t: u8) -> Arc<TableStats> {
+        self.tables
+            .entry((bridge.to_string(), t))
+            .or_default()
+            .clone()
     }
 
     fn entry(&mut self, bridge: &str, flow: &str) -> Arc<FlowStats> {
@@ -211,5 +234,8 @@ pub fn compile(
             },
         );
     }
+    pl.table_stats = (0..pl.tables.len())
+        .map(|t| registry.table_entry(name, t as u8))
+        .collect();
     Some(pl)
 }
