@@ -387,6 +387,12 @@ impl Config {
             .ok_or_else(|| ConfigError::NoBridge(name.to_string()))
     }
 
+    pub fn bridge_mut(&mut self, name: &str) -> Result<&mut Bridge, ConfigError> {
+        self.bridges
+            .get_mut(name)
+            .ok_or_else(|| ConfigError::NoBridge(name.to_string()))
+    }
+
     /// Port `name`, on whichever bridge holds it (port names are unique).
     pub fn port(&self, name: &str) -> Option<&Port> {
         self.bridges.values().find_map(|b| b.ports.get(name))
@@ -533,10 +539,7 @@ impl Config {
                 Ok(())
             }
             Op::AddFlows { bridge, flows } => {
-                let b = self
-                    .bridges
-                    .get_mut(bridge)
-                    .ok_or_else(|| ConfigError::NoBridge(bridge.clone()))?;
+                let b = self.bridge_mut(bridge)?;
                 let current: Vec<FlowSpec> = b
                     .flows
                     .iter()
@@ -554,10 +557,7 @@ impl Config {
                 strict,
                 filter,
             } => {
-                let b = self
-                    .bridges
-                    .get_mut(bridge)
-                    .ok_or_else(|| ConfigError::NoBridge(bridge.clone()))?;
+                let b = self.bridge_mut(bridge)?;
                 let f = FlowFilter::parse(filter).map_err(|e| ConfigError::BadFlow {
                     index: 1,
                     error: e.to_string(),
@@ -578,10 +578,7 @@ impl Config {
                 strict,
                 flow,
             } => {
-                let b = self
-                    .bridges
-                    .get_mut(bridge)
-                    .ok_or_else(|| ConfigError::NoBridge(bridge.clone()))?;
+                let b = self.bridge_mut(bridge)?;
                 let new = parse_flow(1, flow, bridge, b)?;
                 let f = FlowFilter::parse(flow).map_err(|e| ConfigError::BadFlow {
                     index: 1,
@@ -607,10 +604,7 @@ impl Config {
                 Ok(())
             }
             Op::ReplaceFlows { bridge, flows } => {
-                let b = self
-                    .bridges
-                    .get_mut(bridge)
-                    .ok_or_else(|| ConfigError::NoBridge(bridge.clone()))?;
+                let b = self.bridge_mut(bridge)?;
                 let mut new = Vec::with_capacity(flows.len());
                 for (i, text) in flows.iter().enumerate() {
                     new.push(parse_flow(i + 1, text, bridge, b)?);
