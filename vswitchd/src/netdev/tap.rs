@@ -7,7 +7,9 @@
 //! virtio-net headers nor offloads nor multi-queue.
 //!
 //! The device is not persistent: closing the descriptor (dropping [`Tap`]) removes
-//! it, so a crash never leaves devices behind. A TAP has no batch read, so a batch
+//! it, so a crash never leaves devices behind. It is brought up on creation (tun-rs's
+//! default; Open vSwitch leaves internal ports down), so an address is all the host
+//! needs to use it. A TAP has no batch read, so a batch
 //! is a loop of non-blocking reads until the queue is empty.
 
 use std::io;
