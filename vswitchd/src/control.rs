@@ -83,6 +83,10 @@ impl Daemon {
     /// persisted change. Timeouts count from when this daemon installed (or
     /// restored) the flow.
     async fn expire_flows(&mut self) {
+        let timed = |b: &crate::config::Bridge| b.flows.iter().any(|f| f.contains("_timeout="));
+        if !self.config.bridges.values().any(timed) {
+            return;
+        }
         let now_ms = crate::pipeline::epoch().elapsed().as_millis() as u64;
         let mut next = self.config.clone();
         let mut expired = 0;
