@@ -92,6 +92,7 @@ class Topology:
         self.procs = []
         self.ovs_br = None
         self.links = []
+        self.iperf_pids = []
 
     # -- building -------------------------------------------------------------
     def up(self):
@@ -194,6 +195,11 @@ class Topology:
 
     # -- tearing down -----------------------------------------------------------
     def down(self):
+        for pidfile in self.iperf_pids:
+            try:
+                os.kill(int(open(pidfile).read().strip()), 15)
+            except (OSError, ValueError):
+                pass  # already exited after its one test
         for p in self.procs:
             if p.poll() is None:
                 p.kill()
@@ -265,7 +271,11 @@ class Topology:
         return {"udp_pps": pps, "udp_offered_pps": gen["sent"] / gen["secs"], "cpu_s_per_mpkt": per_m}
 
     def tcp_gbps(self, secs):
-        ns(NS_B, "iperf3 -s -1 -D -p 5299")
+        # -1 -D: one test then exit; the pidfile lets teardown end it when the
+        # client never got through (Open vSwitch with default offloads).
+        pidfile = os.path.join(self.tmp, f"iperf3-{len(self.iperf_pids)}.pid")
+        ns(NS_B, f"iperf3 -s -1 -D -p 5299 -I {pidfile}")
+        self.iperf_pids.append(pidfile)
         time.sleep(0.3)
         r = subprocess.run(f"ip netns exec {NS_A} timeout {secs + 30} iperf3 -c {IP_B} -p 5299 -t {secs} -J --connect-timeout 3000",
                            shell=True, text=True, capture_output=True)
