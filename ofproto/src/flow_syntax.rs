@@ -48,7 +48,10 @@ fn port_ref(s: &str) -> PortRef {
 /// How a field's values are written.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
+    /// A number, printed in hex (`dl_type=0x800`, `metadata=0x1`).
     Int,
+    /// A number ovs-ofctl prints in decimal (ports, protocols, TTL, VLAN ID).
+    Dec,
     Mac,
     Ipv4,
     Ipv6,
@@ -113,7 +116,7 @@ const FIELD_DEFS: &[FieldDef] = &[
     FieldDef {
         name: "dl_vlan",
         aliases: &[],
-        kind: Kind::Int,
+        kind: Kind::Dec,
         bits: 12,
         maskable: false,
         prereq: Prereq::None,
@@ -121,7 +124,7 @@ const FIELD_DEFS: &[FieldDef] = &[
     FieldDef {
         name: "dl_vlan_pcp",
         aliases: &[],
-        kind: Kind::Int,
+        kind: Kind::Dec,
         bits: 3,
         maskable: false,
         prereq: Prereq::None,
@@ -153,7 +156,7 @@ const FIELD_DEFS: &[FieldDef] = &[
     FieldDef {
         name: "nw_proto",
         aliases: &["ip_proto"],
-        kind: Kind::Int,
+        kind: Kind::Dec,
         bits: 8,
         maskable: false,
         prereq: Prereq::Ip,
@@ -161,7 +164,7 @@ const FIELD_DEFS: &[FieldDef] = &[
     FieldDef {
         name: "nw_tos",
         aliases: &[],
-        kind: Kind::Int,
+        kind: Kind::Dec,
         bits: 8,
         maskable: false,
         prereq: Prereq::Ip,
@@ -169,7 +172,7 @@ const FIELD_DEFS: &[FieldDef] = &[
     FieldDef {
         name: "ip_dscp",
         aliases: &[],
-        kind: Kind::Int,
+        kind: Kind::Dec,
         bits: 6,
         maskable: false,
         prereq: Prereq::Ip,
@@ -177,7 +180,7 @@ const FIELD_DEFS: &[FieldDef] = &[
     FieldDef {
         name: "ip_ecn",
         aliases: &["nw_ecn"],
-        kind: Kind::Int,
+        kind: Kind::Dec,
         bits: 2,
         maskable: false,
         prereq: Prereq::Ip,
@@ -185,7 +188,7 @@ const FIELD_DEFS: &[FieldDef] = &[
     FieldDef {
         name: "nw_ttl",
         aliases: &[],
-        kind: Kind::Int,
+        kind: Kind::Dec,
         bits: 8,
         maskable: false,
         prereq: Prereq::Ip,
@@ -193,7 +196,7 @@ const FIELD_DEFS: &[FieldDef] = &[
     FieldDef {
         name: "tp_src",
         aliases: &["tcp_src", "udp_src", "sctp_src"],
-        kind: Kind::Int,
+        kind: Kind::Dec,
         bits: 16,
         maskable: true,
         prereq: Prereq::L4,
@@ -201,7 +204,7 @@ const FIELD_DEFS: &[FieldDef] = &[
     FieldDef {
         name: "tp_dst",
         aliases: &["tcp_dst", "udp_dst", "sctp_dst"],
-        kind: Kind::Int,
+        kind: Kind::Dec,
         bits: 16,
         maskable: true,
         prereq: Prereq::L4,
@@ -217,7 +220,7 @@ const FIELD_DEFS: &[FieldDef] = &[
     FieldDef {
         name: "icmp_type",
         aliases: &["icmpv6_type"],
-        kind: Kind::Int,
+        kind: Kind::Dec,
         bits: 8,
         maskable: false,
         prereq: Prereq::Icmp,
@@ -225,7 +228,7 @@ const FIELD_DEFS: &[FieldDef] = &[
     FieldDef {
         name: "icmp_code",
         aliases: &["icmpv6_code"],
-        kind: Kind::Int,
+        kind: Kind::Dec,
         bits: 8,
         maskable: false,
         prereq: Prereq::Icmp,
@@ -233,7 +236,7 @@ const FIELD_DEFS: &[FieldDef] = &[
     FieldDef {
         name: "arp_op",
         aliases: &[],
-        kind: Kind::Int,
+        kind: Kind::Dec,
         bits: 16,
         maskable: false,
         prereq: Prereq::Arp,
@@ -548,7 +551,7 @@ fn parse_value(def: &FieldDef, raw: &str, col: usize) -> Result<(u128, u128), Pa
         None => (raw, None),
     };
     let value = match def.kind {
-        Kind::Int | Kind::Port => parse_u128(v).ok_or_else(|| bad("a number"))?,
+        Kind::Int | Kind::Dec | Kind::Port => parse_u128(v).ok_or_else(|| bad("a number"))?,
         Kind::Mac => parse_mac(v).ok_or_else(|| bad("a MAC address"))?,
         Kind::Ipv4 => u128::from(u32::from(
             v.parse::<Ipv4Addr>().map_err(|_| bad("an IPv4 address"))?,
@@ -898,22 +901,7 @@ fn fmt_value(def: Option<&FieldDef>, fm: &FieldMatch, f: &mut fmt::Formatter<'_>
     }
     let (kind, bits) = def.map_or((Kind::Int, 32), |d| (d.kind, d.bits));
     let full = width_mask(bits);
-    let decimal = fm.mask == full
-        && matches!(
-            fm.field.as_str(),
-            "tp_src"
-                | "tp_dst"
-                | "icmp_type"
-                | "icmp_code"
-                | "nw_proto"
-                | "nw_tos"
-                | "nw_ttl"
-                | "ip_dscp"
-                | "ip_ecn"
-                | "dl_vlan"
-                | "dl_vlan_pcp"
-                | "arp_op"
-        );
+    let decimal = kind == Kind::Dec && fm.mask == full;
     let one = |f: &mut fmt::Formatter<'_>, v: u128| -> fmt::Result {
         match kind {
             Kind::Mac => {
@@ -922,7 +910,6 @@ fn fmt_value(def: Option<&FieldDef>, fm: &FieldMatch, f: &mut fmt::Formatter<'_>
             }
             Kind::Ipv4 => write!(f, "{}", Ipv4Addr::from(v as u32)),
             Kind::Ipv6 => write!(f, "{}", Ipv6Addr::from(v)),
-            // ovs-ofctl prints ports, protocols and small header fields in decimal.
             _ if decimal => write!(f, "{v}"),
             _ => write!(f, "{v:#x}"),
         }
