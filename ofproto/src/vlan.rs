@@ -153,6 +153,19 @@ pub enum TagOp {
     Rewrite(u16),
 }
 
+/// `tci` (or an empty tag when there is none) with its VID set to `vid`, PCP kept:
+/// what `mod_vlan_vid` does.
+#[inline]
+pub fn with_vid(tci: Option<u16>, vid: u16) -> u16 {
+    (tci.unwrap_or(0) & PCP_MASK) | (vid & VID_MASK)
+}
+
+/// `tci` (or an empty tag) with its PCP set to `pcp`, VID kept: `mod_vlan_pcp`.
+#[inline]
+pub fn with_pcp(tci: Option<u16>, pcp: u8) -> u16 {
+    (tci.unwrap_or(0) & VID_MASK) | (u16::from(pcp & 7) << 13)
+}
+
 /// The VLAN configuration of one port, ready for per-frame decisions.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct PortVlan {
@@ -240,6 +253,16 @@ impl PortVlan {
             VlanMode::Trunk => vlan != 0,
             VlanMode::NativeTagged => true,
             VlanMode::NativeUntagged => vlan != self.tag,
+        }
+    }
+
+    /// The outer tag a frame of `vlan`, tagged `tci` on arrival, leaves this port with.
+    #[inline]
+    pub fn egress_tag(&self, vlan: u16, tci: Option<u16>) -> Option<u16> {
+        match self.tag_op(vlan, tci) {
+            TagOp::Keep => tci,
+            TagOp::Strip => None,
+            TagOp::Push(t) | TagOp::Rewrite(t) => Some(t),
         }
     }
 
@@ -385,6 +408,19 @@ mod tests {
                 "case {i}: tagged input {tci:?}"
             );
         }
+    }
+
+    #[test]
+    fn tag_helpers() {
+        assert_eq!(with_vid(Some(0xa00a), 20), 0xa014);
+        assert_eq!(with_vid(None, 20), 20);
+        assert_eq!(with_pcp(Some(0xa00a), 3), 0x600a);
+        assert_eq!(with_pcp(None, 7), 0xe000);
+        let trunk = port(None, None, &[10]);
+        let access = port(None, Some(10), &[]);
+        assert_eq!(trunk.egress_tag(10, None), Some(10));
+        assert_eq!(trunk.egress_tag(10, Some(0x6000)), Some(0x600a));
+        assert_eq!(access.egress_tag(10, Some(0xa00a)), None);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use ofproto::{PortNo, OFPP_LOCAL, OFPP_MAX};
 use serde::{Deserialize, Serialize};
 
 use crate::rpc::{Op, Setting};
-use ofproto::flow_syntax::{Action, FlowFilter, FlowSpec};
+use ofproto::flow_syntax::{FlowFilter, FlowSpec};
 
 /// `current` with `new` added in order; a flow with the same table, priority and
 /// match as an earlier one replaces it in place. Linear in the number of flows.
@@ -46,22 +46,7 @@ fn parse_flow(index: usize, text: &str, bridge: &str, b: &Bridge) -> Result<Flow
         error: e.to_string(),
     })?;
     for a in &spec.actions {
-        let ok = match a {
-            Action::PushVlan(t) => *t == 0x8100 || *t == 0x88a8,
-            Action::Other(_)
-            | Action::ModDlSrc(_)
-            | Action::ModDlDst(_)
-            | Action::ModNwSrc(_)
-            | Action::ModNwDst(_)
-            | Action::ModNwTos(_)
-            | Action::ModTpSrc(_)
-            | Action::ModTpDst(_)
-            | Action::DecTtl
-            | Action::SetTunnel(_)
-            | Action::WriteMetadata { .. } => false,
-            _ => true,
-        };
-        if !ok {
+        if !crate::pipeline::supports(a) {
             return Err(ConfigError::UnsupportedAction {
                 index,
                 action: a.to_string(),

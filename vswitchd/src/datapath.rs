@@ -30,7 +30,7 @@ use ofproto::ethernet::EthernetFrame;
 use ofproto::gso;
 use ofproto::mac_learning::{MacEntry, MacTable};
 use ofproto::normal::{normal, Normal};
-use ofproto::vlan::{PortVlan, TagOp};
+use ofproto::vlan::{self, PortVlan};
 use ofproto::vnet_hdr::{VnetHdr, VNET_HDR_LEN};
 use ofproto::{MacAddr, PortNo};
 use tokio::sync::oneshot;
@@ -198,8 +198,8 @@ struct Worker {
     /// Ports with something in `txq`, in first-use order.
     pending: Vec<usize>,
     tx_store: TxStore,
-    /// Rewritten prefixes (header, MACs, new tag) of frames whose tag changes.
-    prefixes: Vec<[u8; PREFIX_LEN]>,
+    /// Per queued frame of the port being flushed: how its tag changes, if it does.
+    retags: Vec<Option<Retag>>,
     /// Frames materialized with their new tag for ports that need a copy anyway.
     tag_buf: Vec<u8>,
     seg_buf: Vec<u8>,
@@ -223,7 +223,7 @@ impl Worker {
             txq: Vec::new(),
             pending: Vec::with_capacity(64),
             tx_store: TxStore::with_capacity(PREALLOC_SEGMENTS),
-            prefixes: Vec::with_capacity(BATCH * 4),
+            retags: Vec::with_capacity(BATCH * 4),
             tag_buf: Vec::with_capacity(crate::netdev::BUF_SIZE + 4),
             seg_buf: Vec::with_capacity(BATCH * crate::netdev::BUF_SIZE + PREALLOC_SEGMENTS * 128),
             seg_ranges: Vec::with_capacity(PREALLOC_SEGMENTS),
@@ -497,10 +497,8 @@ impl Worker {
                             self.forward(snap, slot, st.in_port, vlan, st.tci, src, dst, depth);
                     }
                 }
-                ActionRt::SetVlanVid(v) => st.set_tci(Some((st.tci.unwrap_or(0) & 0xe000) | v)),
-                ActionRt::SetVlanPcp(p) => {
-                    st.set_tci(Some((st.tci.unwrap_or(0) & 0x0fff) | (u16::from(p) << 13)))
-                }
+                ActionRt::SetVlanVid(v) => st.set_tci(Some(vlan::with_vid(st.tci, v))),
+                ActionRt::SetVlanPcp(p) => st.set_tci(Some(vlan::with_pcp(st.tci, p))),
                 ActionRt::StripVlan => st.set_tci(None),
                 ActionRt::PushVlan => st.set_tci(Some(st.tci.unwrap_or(0))),
                 ActionRt::Resubmit { in_port, table: t } if resubmits < MAX_RESUBMIT_DEPTH => {
@@ -583,12 +581,7 @@ impl Worker {
         dst: MacAddr,
         depth: u8,
     ) {
-        // The outer tag the frame has once it leaves this port.
-        let tag = match snap.ports[out].vlan.tag_op(vlan, tci) {
-            TagOp::Keep => tci,
-            TagOp::Strip => None,
-            TagOp::Push(t) | TagOp::Rewrite(t) => Some(t),
-        };
+        let tag = snap.ports[out].vlan.egress_tag(vlan, tci);
         self.emit(snap, slot, out, tag, src, dst, depth);
     }
 
@@ -636,43 +629,39 @@ impl Worker {
             };
             let q = &mut self.txq[out];
             let mut errors = 0;
-            // First pass: rewritten prefixes for frames whose tag changes. Done before
-            // any iovec points into `prefixes`, so its growth cannot move them.
-            self.prefixes.clear();
+            // First pass: one Retag per queued frame (each frame's tag parsed once).
+            // Done before any iovec points into `retags`, so its growth cannot move them.
+            self.retags.clear();
             for item in q.iter() {
-                let slot = self.rx.slot(usize::from(item.slot));
-                if let Some(prefix) = retag_prefix(slot, item.tag) {
-                    self.prefixes.push(prefix);
-                }
+                self.retags
+                    .push(retag(self.rx.slot(usize::from(item.slot)), item.tag));
             }
             let mut tx = TxBatch::new(std::mem::take(&mut self.tx_store));
             if dev.takes_vnet_hdr() {
-                let mut k = 0;
-                for item in q.iter() {
+                for (item, rt) in q.iter().zip(&self.retags) {
                     let slot = self.rx.slot(usize::from(item.slot));
-                    match rest_after_prefix(slot, item.tag) {
+                    match rt {
                         None => tx.push(slot),
-                        Some((prefix_len, rest)) => {
-                            tx.push_parts(&[&self.prefixes[k][..prefix_len], rest]);
-                            k += 1;
-                        }
+                        Some(r) => tx.push_parts(&[
+                            &r.prefix[..usize::from(r.len)],
+                            &slot[usize::from(r.rest_at)..],
+                        ]),
                     }
                 }
             } else {
                 // This port cannot take offloaded frames: finish them here.
                 self.seg_buf.clear();
                 self.seg_ranges.clear();
-                let mut k = 0;
-                for item in q.iter() {
+                for (item, rt) in q.iter().zip(&self.retags) {
                     let slot = self.rx.slot(usize::from(item.slot));
-                    let whole: &[u8] = match rest_after_prefix(slot, item.tag) {
+                    let whole: &[u8] = match rt {
                         None => slot,
-                        Some((prefix_len, rest)) => {
+                        Some(r) => {
                             self.tag_buf.clear();
                             self.tag_buf
-                                .extend_from_slice(&self.prefixes[k][..prefix_len]);
-                            self.tag_buf.extend_from_slice(rest);
-                            k += 1;
+                                .extend_from_slice(&r.prefix[..usize::from(r.len)]);
+                            self.tag_buf
+                                .extend_from_slice(&slot[usize::from(r.rest_at)..]);
                             &self.tag_buf
                         }
                     };
@@ -716,16 +705,26 @@ fn slot_tci(slot: &[u8]) -> Option<u16> {
         .vlan_tci()
 }
 
-/// For a frame that must leave with outer tag `want`, the bytes that replace its
-/// beginning — virtio-net header (offsets shifted by the tag's size), MAC
-/// addresses, and the new tag if any — or `None` when the frame leaves unchanged.
-fn retag_prefix(slot: &[u8], want: Option<u16>) -> Option<[u8; PREFIX_LEN]> {
+/// How a frame whose outer tag changes goes out: `prefix[..len]` (virtio-net header
+/// with offsets shifted by the tag's size, MAC addresses, the new tag if any), then
+/// the untouched frame from `rest_at` on.
+#[derive(Clone, Copy)]
+struct Retag {
+    prefix: [u8; PREFIX_LEN],
+    len: u8,
+    rest_at: u8,
+}
+
+/// The [`Retag`] for a frame that must leave with outer tag `want`, or `None` when it
+/// leaves unchanged.
+fn retag(slot: &[u8], want: Option<u16>) -> Option<Retag> {
     let have = slot_tci(slot);
     if have == want {
         return None;
     }
+    let after_macs = VNET_HDR_LEN + 12;
     let mut prefix = [0u8; PREFIX_LEN];
-    prefix[..VNET_HDR_LEN + 12].copy_from_slice(&slot[..VNET_HDR_LEN + 12]);
+    prefix[..after_macs].copy_from_slice(&slot[..after_macs]);
     let hdr_bytes: &mut [u8; VNET_HDR_LEN] = (&mut prefix[..VNET_HDR_LEN]).try_into().unwrap();
     let mut hdr = VnetHdr::parse(hdr_bytes);
     let shift = |v: u16| match (have.is_some(), want.is_some()) {
@@ -743,25 +742,16 @@ fn retag_prefix(slot: &[u8], want: Option<u16>) -> Option<[u8; PREFIX_LEN]> {
     if let Some(tci) = want {
         // A rewrite keeps the frame's TPID (802.1Q or 802.1ad); a push is 802.1Q.
         let tpid = if have.is_some() {
-            [slot[VNET_HDR_LEN + 12], slot[VNET_HDR_LEN + 13]]
+            [slot[after_macs], slot[after_macs + 1]]
         } else {
             [0x81, 0x00]
         };
-        prefix[VNET_HDR_LEN + 12..VNET_HDR_LEN + 14].copy_from_slice(&tpid);
-        prefix[VNET_HDR_LEN + 14..].copy_from_slice(&tci.to_be_bytes());
+        prefix[after_macs..after_macs + 2].copy_from_slice(&tpid);
+        prefix[after_macs + 2..].copy_from_slice(&tci.to_be_bytes());
     }
-    Some(prefix)
-}
-
-/// When the frame's tag changes: how much of the prefix to send and the unchanged
-/// rest of the frame that follows it.
-fn rest_after_prefix(slot: &[u8], want: Option<u16>) -> Option<(usize, &[u8])> {
-    let have = slot_tci(slot);
-    if have == want {
-        return None;
-    }
-    let after_macs = VNET_HDR_LEN + 12;
-    let rest = &slot[after_macs + if have.is_some() { 4 } else { 0 }..];
-    let prefix_len = after_macs + if want.is_some() { 4 } else { 0 };
-    Some((prefix_len, rest))
+    Some(Retag {
+        prefix,
+        len: (after_macs + if want.is_some() { 4 } else { 0 }) as u8,
+        rest_at: (after_macs + if have.is_some() { 4 } else { 0 }) as u8,
+    })
 }

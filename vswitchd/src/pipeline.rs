@@ -153,6 +153,38 @@ impl FlowStatsRegistry {
     }
 }
 
+/// Whether the datapath can run action `a`. The one place that decides: the
+/// configuration refuses flows with any other action, so [`compile`] never meets one.
+pub fn supports(a: &Action) -> bool {
+    match a {
+        Action::PushVlan(t) => *t == 0x8100 || *t == 0x88a8,
+        Action::Output(_)
+        | Action::Normal
+        | Action::Flood
+        | Action::All
+        | Action::InPort
+        | Action::Local
+        | Action::Drop
+        | Action::ModVlanVid(_)
+        | Action::ModVlanPcp(_)
+        | Action::StripVlan
+        | Action::Resubmit { .. }
+        | Action::GotoTable(_) => true,
+        _ => false,
+    }
+}
+
+/// The OpenFlow port number `p` stands for on `bridge` (`None`: no such port, or
+/// `IN_PORT`, which depends on the packet).
+pub fn ofport_of(bridge: &Bridge, p: &PortRef) -> Option<u32> {
+    match p {
+        PortRef::Name(n) => bridge.ports.get(n).and_then(|p| p.interface.ofport),
+        PortRef::Number(n) => Some(*n),
+        PortRef::Local => Some(OFPP_LOCAL),
+        PortRef::InPort => None,
+    }
+}
+
 /// Compiles `bridge`'s flows; `None` when only the default NORMAL flow is there.
 /// `index` maps a port name to its datapath index and OpenFlow number.
 pub fn compile(
@@ -186,16 +218,13 @@ pub fn compile(
         let Ok(spec) = FlowSpec::parse(text) else {
             continue;
         };
-        let resolve_of = |p: &PortRef| -> Option<u32> {
-            match p {
-                PortRef::Name(n) => index(n).map(|(_, of)| of),
-                PortRef::Number(n) => Some(*n),
-                PortRef::Local => Some(OFPP_LOCAL),
-                PortRef::InPort => None,
-            }
-        };
+        // Commits refuse such flows; only a hand-edited configuration file gets here.
+        if let Some(a) = spec.actions.iter().find(|a| !supports(a)) {
+            tracing::warn!("bridge {name}: skipping flow with unsupported action {a}: {text}");
+            continue;
+        }
         // A flow naming a port that is gone cannot match anything: leave it out.
-        let Ok(m) = spec.to_match(resolve_of) else {
+        let Ok(m) = spec.to_match(|p| ofport_of(bridge, p)) else {
             continue;
         };
         let actions = spec
@@ -217,7 +246,7 @@ pub fn compile(
                     table: *table,
                 },
                 Action::GotoTable(t) => ActionRt::GotoTable(*t),
-                // Refused at commit; treated as drop should one slip through.
+                // Flows with any other action were skipped above.
                 _ => ActionRt::Drop,
             })
             .collect();

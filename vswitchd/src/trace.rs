@@ -13,10 +13,11 @@ use ofproto::classifier::Classifier;
 use ofproto::flow::{FlowKey, DL_DST, DL_SRC, IN_PORT, VLAN_TCI};
 use ofproto::flow_syntax::{Action, FlowFilter, FlowSpec, PortRef};
 use ofproto::mac_learning::MacEntry;
-use ofproto::vlan::TagOp;
+use ofproto::vlan;
 use ofproto::{MacAddr, PortNo, OFPP_LOCAL};
 
 use crate::config::{Bridge, Config};
+use crate::pipeline::ofport_of;
 
 const MAX_DEPTH: usize = 32;
 
@@ -36,12 +37,7 @@ fn port_name(b: &Bridge, ofport: PortNo) -> Option<&str> {
 }
 
 fn resolver(b: &Bridge) -> impl Fn(&PortRef) -> Option<u32> + '_ {
-    move |p: &PortRef| match p {
-        PortRef::Name(n) => b.ports.get(n).and_then(|p| p.interface.ofport),
-        PortRef::Number(n) => Some(*n),
-        PortRef::Local => Some(OFPP_LOCAL),
-        PortRef::InPort => None,
-    }
+    move |p: &PortRef| ofport_of(b, p)
 }
 
 fn tci_of(key: &FlowKey) -> Option<u16> {
@@ -126,12 +122,12 @@ impl Tracer<'_> {
                 Action::Drop => self.line(i, "drop"),
                 Action::Normal => self.normal(key, &in_name, i),
                 Action::ModVlanVid(v) => {
-                    let t = (tci_of(key).unwrap_or(0) & 0xe000) | v;
+                    let t = vlan::with_vid(tci_of(key), v);
                     key.set(VLAN_TCI, u64::from(t | 0x1000));
                     self.line(i, format!("mod_vlan_vid:{v} -> {}", tag_desc(Some(t))));
                 }
                 Action::ModVlanPcp(p) => {
-                    let t = (tci_of(key).unwrap_or(0) & 0x0fff) | (u16::from(p) << 13);
+                    let t = vlan::with_pcp(tci_of(key), p);
                     key.set(VLAN_TCI, u64::from(t | 0x1000));
                     self.line(i, format!("mod_vlan_pcp:{p} -> {}", tag_desc(Some(t))));
                 }
@@ -224,12 +220,7 @@ impl Tracer<'_> {
             self.flood_targets(in_name, vlan)
         };
         for name in targets {
-            let op = self.bridge.ports[&name].vlan().tag_op(vlan, tci);
-            let out = match op {
-                TagOp::Keep => tci,
-                TagOp::Strip => None,
-                TagOp::Push(t) | TagOp::Rewrite(t) => Some(t),
-            };
+            let out = self.bridge.ports[&name].vlan().egress_tag(vlan, tci);
             self.emit(indent + 4, &name, out);
         }
     }
