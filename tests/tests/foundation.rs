@@ -166,6 +166,13 @@ fn internal_port_reaches_namespace_and_del_port_removes_tap() {
         sh(&format!("ip link show {p0}")).status.success(),
         "TAP {p0} not created"
     );
+    // Internal ports come up on creation (README): an address is all the host needs.
+    let flags = sh_ok(&format!("cat /sys/class/net/{p0}/flags"));
+    let flags = u32::from_str_radix(flags.trim().trim_start_matches("0x"), 16).unwrap();
+    assert!(
+        flags & libc::IFF_UP as u32 != 0,
+        "internal port {p0} is down"
+    );
     sh_ok(&format!(
         "ip addr add 10.0.0.100/24 dev {p0} && ip link set {p0} up"
     ));
