@@ -12,6 +12,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -569,4 +570,74 @@ pub fn mac_bytes(s: &str) -> [u8; 6] {
         .map(|h| u8::from_str_radix(h, 16).unwrap())
         .collect();
     v.try_into().unwrap()
+}
+
+/// A test frame: `dst`, `src`, an optional 802.1Q tag, ethertype 0x88b5 (local
+/// experimental, so captures can tell test frames from host chatter) and 46 bytes
+/// of `pattern(seed)`.
+pub fn frame(dst: &str, src: &str, tci: Option<u16>, seed: u64) -> Vec<u8> {
+    let mut f = mac_bytes(dst).to_vec();
+    f.extend_from_slice(&mac_bytes(src));
+    if let Some(t) = tci {
+        f.extend_from_slice(&[0x81, 0x00]);
+        f.extend_from_slice(&t.to_be_bytes());
+    }
+    f.extend_from_slice(&[0x88, 0xb5]); // local experimental ethertype
+    f.extend_from_slice(&pattern(46, seed));
+    f
+}
+
+/// Test frames carry this (local experimental) ethertype, so captures ignore
+/// the hosts' own chatter (IPv6 neighbour discovery, ...).
+pub fn is_test_frame(f: &[u8]) -> bool {
+    f.len() >= 18 && (f[12..14] == [0x88, 0xb5] || (f[12] == 0x81 && f[16..18] == [0x88, 0xb5]))
+}
+
+/// Sends `frames` from `from` and returns, for each host in `to`, the test frames it saw.
+pub fn deliver(from: &Host, frames: &[Vec<u8>], to: &[&Host]) -> Vec<Vec<Vec<u8>>> {
+    let mut caps = Vec::new();
+    for h in to {
+        let (ready_tx, ready_rx) = mpsc::channel();
+        caps.push(h.ns.spawn(move || {
+            let s = RawSock::open("eth0");
+            ready_tx.send(()).unwrap();
+            let mut got = Vec::new();
+            let mut idle = 0;
+            // Stop after 500 ms without a test frame.
+            while idle < 5 {
+                match s.recv() {
+                    Some(f) if is_test_frame(&f) => {
+                        got.push(f);
+                        idle = 0;
+                    }
+                    Some(_) => {}
+                    None => idle += 1,
+                }
+            }
+            got
+        }));
+        ready_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    }
+    let frames = frames.to_vec();
+    from.ns.run(move || {
+        let s = RawSock::open("eth0");
+        for f in &frames {
+            s.send(f).unwrap();
+        }
+    });
+    caps.into_iter().map(|c| c.join().unwrap()).collect()
+}
+
+pub fn untag(f: &[u8]) -> Vec<u8> {
+    let mut v = f[..12].to_vec();
+    v.extend_from_slice(&f[16..]);
+    v
+}
+
+pub fn with_tag(f: &[u8], tci: u16) -> Vec<u8> {
+    let mut v = f[..12].to_vec();
+    v.extend_from_slice(&[0x81, 0x00]);
+    v.extend_from_slice(&tci.to_be_bytes());
+    v.extend_from_slice(&f[12..]);
+    v
 }

@@ -124,36 +124,14 @@ fn flows_rewrite_vlan_tags_and_chain_tables() {
     let file = d.dir.join("flows.txt");
     std::fs::write(&file, flows_text).unwrap();
     d.vsctl_ok(&["replace-flows", &br, file.to_str().unwrap()]);
-    // a → b: tagged by the flow, PCP 5, VID 10.
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let cap = b.ns.spawn(move || {
-        let s = RawSock::open("eth0");
-        ready_tx.send(()).unwrap();
-        for _ in 0..50 {
-            if let Some(f) = s.recv() {
-                if f.len() > 18 && f[16..18] == [0x88, 0xb5] {
-                    return Some(f);
-                }
-            }
-        }
-        None
-    });
-    ready_rx.recv().unwrap();
-    let a_mac = mac_bytes(&a.mac);
-    a.ns.run(move || {
-        let s = RawSock::open("eth0");
-        let mut f = vec![0xff; 6];
-        f.extend_from_slice(&a_mac);
-        f.extend_from_slice(&[0x88, 0xb5]);
-        f.extend_from_slice(&[7u8; 46]);
-        s.send(&f).unwrap();
-    });
-    let got = cap.join().unwrap().expect("tagged frame not seen on b");
-    assert_eq!(
-        &got[12..16],
-        &[0x81, 0x00, 0xa0, 0x0a],
-        "expected 802.1Q PCP 5 VID 10"
-    );
+    // a → b: tagged by the flow (PCP 5, VID 10) and resubmitted to table 1's output.
+    let from_a = frame("ff:ff:ff:ff:ff:ff", &a.mac, None, 1);
+    let got = deliver(&a, std::slice::from_ref(&from_a), &[&b]);
+    assert_eq!(got[0], vec![with_tag(&from_a, 0xa00a)]);
+    // b → a tagged 10: the strip_vlan flow delivers it untagged.
+    let from_b = frame("ff:ff:ff:ff:ff:ff", &b.mac, Some(0x000a), 2);
+    let got = deliver(&b, std::slice::from_ref(&from_b), &[&a]);
+    assert_eq!(got[0], vec![untag(&from_b)]);
     // Untagged traffic from b to a does not match the dl_vlan=10 flow: no NORMAL flow, dropped.
     assert!(!a.ping(&b.ip));
     let rows = flows(&d, &br);

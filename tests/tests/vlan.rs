@@ -3,22 +3,8 @@
 //! because this kernel has no VLAN devices; veths strip tags into auxiliary data on
 //! receive, so both the switch and the capture must put them back.
 
-use std::sync::mpsc;
-use std::time::Duration;
 
 use vswitch_tests::*;
-
-fn frame(dst: &str, src: &str, tci: Option<u16>, seed: u64) -> Vec<u8> {
-    let mut f = mac_bytes(dst).to_vec();
-    f.extend_from_slice(&mac_bytes(src));
-    if let Some(t) = tci {
-        f.extend_from_slice(&[0x81, 0x00]);
-        f.extend_from_slice(&t.to_be_bytes());
-    }
-    f.extend_from_slice(&[0x88, 0xb5]); // local experimental ethertype
-    f.extend_from_slice(&pattern(46, seed));
-    f
-}
 
 #[test]
 fn tagged_frames_cross_a_default_port_with_tag_and_pcp_intact() {
@@ -53,61 +39,6 @@ fn tagged_frames_cross_a_default_port_with_tag_and_pcp_intact() {
         vlans.contains(&10) && vlans.contains(&0),
         "a learned in VLANs {vlans:?}"
     );
-}
-
-/// Frames of the tests carry this (local experimental) ethertype, so captures ignore
-/// the hosts' own chatter (IPv6 neighbour discovery, ...).
-fn is_test_frame(f: &[u8]) -> bool {
-    f.len() >= 18 && (f[12..14] == [0x88, 0xb5] || (f[12] == 0x81 && f[16..18] == [0x88, 0xb5]))
-}
-
-/// Sends `frames` from `from` and returns, for each host in `to`, the test frames it saw.
-fn deliver(from: &Host, frames: &[Vec<u8>], to: &[&Host]) -> Vec<Vec<Vec<u8>>> {
-    let mut caps = Vec::new();
-    for h in to {
-        let (ready_tx, ready_rx) = mpsc::channel();
-        caps.push(h.ns.spawn(move || {
-            let s = RawSock::open("eth0");
-            ready_tx.send(()).unwrap();
-            let mut got = Vec::new();
-            let mut idle = 0;
-            // Stop after 500 ms without a test frame.
-            while idle < 5 {
-                match s.recv() {
-                    Some(f) if is_test_frame(&f) => {
-                        got.push(f);
-                        idle = 0;
-                    }
-                    Some(_) => {}
-                    None => idle += 1,
-                }
-            }
-            got
-        }));
-        ready_rx.recv_timeout(Duration::from_secs(5)).unwrap();
-    }
-    let frames = frames.to_vec();
-    from.ns.run(move || {
-        let s = RawSock::open("eth0");
-        for f in &frames {
-            s.send(f).unwrap();
-        }
-    });
-    caps.into_iter().map(|c| c.join().unwrap()).collect()
-}
-
-fn untag(f: &[u8]) -> Vec<u8> {
-    let mut v = f[..12].to_vec();
-    v.extend_from_slice(&f[16..]);
-    v
-}
-
-fn with_tag(f: &[u8], tci: u16) -> Vec<u8> {
-    let mut v = f[..12].to_vec();
-    v.extend_from_slice(&[0x81, 0x00]);
-    v.extend_from_slice(&tci.to_be_bytes());
-    v.extend_from_slice(&f[12..]);
-    v
 }
 
 fn rx_dropped(d: &Daemon, br: &str, port: &str) -> u64 {
