@@ -3,7 +3,6 @@
 //! because this kernel has no VLAN devices; veths strip tags into auxiliary data on
 //! receive, so both the switch and the capture must put them back.
 
-
 use vswitch_tests::*;
 
 #[test]
