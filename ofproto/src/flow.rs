@@ -15,14 +15,14 @@
 use crate::ethernet::{EtherType, EthernetFrame};
 use crate::PortNo;
 
-pub const FLOW_WORDS: usize = 12;
+pub const FLOW_WORDS: usize = 20;
 
 /// A flow key (or, with the same layout, a mask).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default, Debug, PartialOrd, Ord)]
 pub struct FlowKey(pub [u64; FLOW_WORDS]);
 
 /// Where a field lives in a [`FlowKey`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Field {
     pub name: &'static str,
     pub word: u8,
@@ -52,6 +52,7 @@ fields! {
     TP_SRC = "tp_src": 4, 0, 16;
     TP_DST = "tp_dst": 4, 16, 16;
     TCP_FLAGS = "tcp_flags": 4, 32, 12;
+    IPV6_LABEL = "ipv6_label": 4, 44, 20;
     METADATA = "metadata": 5, 0, 64;
     TUN_ID = "tun_id": 6, 0, 64;
     TUN_SRC = "tun_src": 7, 0, 32;
@@ -60,11 +61,37 @@ fields! {
     IPV6_SRC_LO = "ipv6_src_lo": 9, 0, 64;
     IPV6_DST_HI = "ipv6_dst_hi": 10, 0, 64;
     IPV6_DST_LO = "ipv6_dst_lo": 11, 0, 64;
+    // ARP's hardware addresses share words with the IPv6 addresses: a frame has one
+    // or the other, and matching either requires its dl_type, so they never meet.
+    ARP_SHA = "arp_sha": 8, 0, 48;
+    ARP_THA = "arp_tha": 10, 0, 48;
+    REG0 = "reg0": 12, 0, 32;
+    REG1 = "reg1": 12, 32, 32;
+    REG2 = "reg2": 13, 0, 32;
+    REG3 = "reg3": 13, 32, 32;
+    REG4 = "reg4": 14, 0, 32;
+    REG5 = "reg5": 14, 32, 32;
+    REG6 = "reg6": 15, 0, 32;
+    REG7 = "reg7": 15, 32, 32;
+    REG8 = "reg8": 16, 0, 32;
+    REG9 = "reg9": 16, 32, 32;
+    REG10 = "reg10": 17, 0, 32;
+    REG11 = "reg11": 17, 32, 32;
+    REG12 = "reg12": 18, 0, 32;
+    REG13 = "reg13": 18, 32, 32;
+    REG14 = "reg14": 19, 0, 32;
+    REG15 = "reg15": 19, 32, 32;
 }
+
+/// The registers, by number.
+pub const REGS: [Field; 16] = [
+    REG0, REG1, REG2, REG3, REG4, REG5, REG6, REG7, REG8, REG9, REG10, REG11, REG12, REG13, REG14,
+    REG15,
+];
 
 impl Field {
     #[inline]
-    fn mask(&self) -> u64 {
+    pub fn mask(&self) -> u64 {
         if self.bits == 64 {
             u64::MAX
         } else {
@@ -74,6 +101,98 @@ impl Field {
 
     pub fn by_name(name: &str) -> Option<Field> {
         FIELDS.iter().copied().find(|f| f.name == name)
+    }
+}
+
+/// How a named field reads and writes a key. Most fields are one [`Field`]; a few
+/// are views of part of one (`dl_vlan` is 12 bits of `vlan_tci` that also mean "a
+/// tag is present", `ip_dscp` the top 6 bits of `nw_tos`) or span two words (IPv6
+/// addresses). Matching, `set_field`, `load` and `move` all go through this, so a
+/// field means the same thing wherever it is named.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Access {
+    Key(Field),
+    /// The VLAN ID; writing it pushes a tag if there was none.
+    Vid,
+    /// The VLAN priority; writing it pushes a tag if there was none.
+    Pcp,
+    Dscp,
+    Ecn,
+    Ipv6Src,
+    Ipv6Dst,
+}
+
+impl Access {
+    /// The value `key` holds, right-aligned.
+    pub fn read(&self, key: &FlowKey) -> u128 {
+        let tci = key.get(VLAN_TCI);
+        u128::from(match *self {
+            Access::Key(f) => key.get(f),
+            Access::Vid => tci & 0x0fff,
+            Access::Pcp => tci >> 13,
+            Access::Dscp => key.get(NW_TOS) >> 2,
+            Access::Ecn => key.get(NW_TOS) & 3,
+            Access::Ipv6Src => {
+                return (u128::from(key.get(IPV6_SRC_HI)) << 64) | u128::from(key.get(IPV6_SRC_LO))
+            }
+            Access::Ipv6Dst => {
+                return (u128::from(key.get(IPV6_DST_HI)) << 64) | u128::from(key.get(IPV6_DST_LO))
+            }
+        })
+    }
+
+    /// Sets the bits of `mask` to those of `value` (both right-aligned).
+    pub fn write(&self, key: &mut FlowKey, value: u128, mask: u128) {
+        let merge = |old: u64, shift: u32, width: u32| -> u64 {
+            let m = ((mask as u64) & ((1u64 << width) - 1)) << shift;
+            (old & !m) | (((value as u64) << shift) & m)
+        };
+        match *self {
+            Access::Key(f) => {
+                let m = (mask as u64) & f.mask();
+                key.set(f, (key.get(f) & !m) | ((value as u64) & m));
+            }
+            // A VID or PCP write on an untagged frame pushes a tag (CFI set).
+            Access::Vid => key.set(VLAN_TCI, merge(key.get(VLAN_TCI), 0, 12) | 0x1000),
+            Access::Pcp => key.set(VLAN_TCI, merge(key.get(VLAN_TCI), 13, 3) | 0x1000),
+            Access::Dscp => key.set(NW_TOS, merge(key.get(NW_TOS), 2, 6)),
+            Access::Ecn => key.set(NW_TOS, merge(key.get(NW_TOS), 0, 2)),
+            Access::Ipv6Src | Access::Ipv6Dst => {
+                let (hi, lo) = if *self == Access::Ipv6Src {
+                    (IPV6_SRC_HI, IPV6_SRC_LO)
+                } else {
+                    (IPV6_DST_HI, IPV6_DST_LO)
+                };
+                let old = self.read(key);
+                let new = (old & !mask) | (value & mask);
+                key.set(hi, (new >> 64) as u64);
+                key.set(lo, new as u64);
+            }
+        }
+    }
+
+    /// Adds "`value` under `mask`" to a match being built (`v`, `m`).
+    pub fn put_match(&self, v: &mut FlowKey, m: &mut FlowKey, value: u128, mask: u128) {
+        let mut add = |f: Field, val: u64, msk: u64| {
+            v.set(f, v.get(f) | (val & msk));
+            m.set(f, m.get(f) | msk);
+        };
+        match *self {
+            Access::Key(f) => add(f, value as u64, mask as u64),
+            // A VID or PCP match implies a tag is present (CFI bit set).
+            Access::Vid => add(VLAN_TCI, 0x1000 | (value as u64 & 0xfff), 0x1fff),
+            Access::Pcp => add(VLAN_TCI, 0x1000 | ((value as u64 & 7) << 13), 0xf000),
+            Access::Dscp => add(NW_TOS, (value as u64) << 2, 0xfc),
+            Access::Ecn => add(NW_TOS, value as u64 & 3, 0x03),
+            Access::Ipv6Src => {
+                add(IPV6_SRC_HI, (value >> 64) as u64, (mask >> 64) as u64);
+                add(IPV6_SRC_LO, value as u64, mask as u64);
+            }
+            Access::Ipv6Dst => {
+                add(IPV6_DST_HI, (value >> 64) as u64, (mask >> 64) as u64);
+                add(IPV6_DST_LO, value as u64, mask as u64);
+            }
+        }
     }
 }
 
@@ -87,6 +206,15 @@ impl FlowKey {
     pub fn set(&mut self, f: Field, v: u64) {
         let w = &mut self.0[usize::from(f.word)];
         *w = (*w & !(f.mask() << f.shift)) | ((v & f.mask()) << f.shift);
+    }
+
+    /// Clears what is not part of the frame — registers, `metadata`, tunnel fields —
+    /// as a frame crossing a patch port starts afresh in the peer bridge (Open
+    /// vSwitch does the same).
+    pub fn clear_metadata(&mut self) {
+        for w in [5, 6, 7, 12, 13, 14, 15, 16, 17, 18, 19] {
+            self.0[w] = 0;
+        }
     }
 
     /// `self & mask`, word by word.
@@ -139,7 +267,9 @@ impl FlowKey {
                 }
             }
             EtherType::Ipv6 if ip.len() >= 40 => {
-                k.set(NW_TOS, u64::from((be16(ip, 0).unwrap_or(0) >> 4) & 0xff));
+                let w0 = u32::from_be_bytes([ip[0], ip[1], ip[2], ip[3]]);
+                k.set(NW_TOS, u64::from((w0 >> 20) & 0xff));
+                k.set(IPV6_LABEL, u64::from(w0 & 0xf_ffff));
                 k.set(NW_PROTO, u64::from(ip[6]));
                 k.set(NW_TTL, u64::from(ip[7]));
                 k.set(
@@ -170,6 +300,8 @@ impl FlowKey {
                     NW_DST,
                     u64::from(u32::from_be_bytes([ip[24], ip[25], ip[26], ip[27]])),
                 );
+                k.set(ARP_SHA, mac_u64(&ip[8..14]));
+                k.set(ARP_THA, mac_u64(&ip[18..24]));
             }
             _ => {}
         }

@@ -8,6 +8,7 @@
 //! unit-tested with byte arrays and benchmarked alone. The daemon (`vswitchd`)
 //! owns sockets and devices and calls into this crate once per frame.
 
+pub mod actions;
 pub mod checksum;
 pub mod classifier;
 pub mod ethernet;
@@ -17,6 +18,7 @@ pub mod gso;
 pub mod mac;
 pub mod mac_learning;
 pub mod normal;
+pub mod rewrite;
 pub mod vlan;
 pub mod vnet_hdr;
 
