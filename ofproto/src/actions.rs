@@ -179,7 +179,7 @@ impl LearnSpec {
                     field: dst.field.to_string(),
                     value: v & m,
                     mask: m,
-                    port: (dst.field == "in_port").then(|| PortRef::Number(v as u32)),
+                    port: (dst.field == "in_port").then_some(PortRef::Number(v as u32)),
                 }),
             }
         };

@@ -918,7 +918,7 @@ impl fmt::Display for LearnSpec {
 
 fn parse_note(hex: &str) -> Option<Vec<u8>> {
     let digits: Vec<u8> = hex.bytes().filter(|b| *b != b'.').collect();
-    if digits.len() % 2 != 0 {
+    if !digits.len().is_multiple_of(2) {
         return None;
     }
     digits
