@@ -1125,7 +1125,10 @@ fn parse_action(tok: &str, col: usize) -> Result<Action, ParseError> {
         ("output", _) => Action::Output(port_ref(need()?)),
         ("mod_vlan_vid", _) => Action::ModVlanVid(num(need()?, 4095)? as u16),
         ("mod_vlan_pcp", _) => Action::ModVlanPcp(num(need()?, 7)? as u8),
-        ("push_vlan", _) => Action::PushVlan(num(need()?, 0xffff)? as u16),
+        ("push_vlan", _) => match num(need()?, 0xffff)? as u16 {
+            t @ (0x8100 | 0x88a8) => Action::PushVlan(t),
+            _ => return Err(bad("the TPID must be 0x8100 or 0x88a8")),
+        },
         ("mod_dl_src", _) => Action::ModDlSrc(
             need()?
                 .parse::<crate::MacAddr>()
@@ -1599,12 +1602,47 @@ pub struct FlowFilter {
     pub spec: FlowSpec,
     pub table: Option<u8>,
     pub priority: Option<u16>,
+    /// `cookie=VALUE/MASK`: only flows whose cookie matches under the mask (a mask
+    /// of `-1` is an exact match).
+    pub cookie_mask: Option<(u64, u64)>,
+    /// `cookie=VALUE` without a mask: not a selector; `mod-flows` sets it.
+    pub set_cookie: Option<u64>,
 }
 
 impl FlowFilter {
     /// Parses `s`; an empty string selects every flow.
     pub fn parse(s: &str) -> Result<FlowFilter, ParseError> {
         let given = |key: &str| split_top(s).iter().any(|(_, t)| t.trim().starts_with(key));
+        // `cookie=V/M` selects and is not flow syntax; take it out (keeping columns
+        // of later tokens right by blanking it instead of removing it).
+        let mut cookie_mask = None;
+        let mut rest = String::with_capacity(s.len());
+        for (i, (off, tok)) in split_top(s).into_iter().enumerate() {
+            if i > 0 {
+                rest.push(',');
+            }
+            let t = tok.trim();
+            match t.strip_prefix("cookie=").and_then(|c| c.split_once('/')) {
+                Some((v, m)) => {
+                    let num = |x: &str| {
+                        if x == "-1" {
+                            return Some(u64::MAX);
+                        }
+                        parse_u64(x)
+                    };
+                    let (Some(v), Some(m)) = (num(v), num(m)) else {
+                        return Err(err(off + 1, format!("cookie: \"{t}\" is not VALUE/MASK")));
+                    };
+                    cookie_mask = Some((v & m, m));
+                    rest.push_str(&" ".repeat(tok.len()));
+                }
+                None => rest.push_str(tok),
+            }
+        }
+        let set_cookie = split_top(&rest)
+            .iter()
+            .any(|(_, t)| t.trim().starts_with("cookie="));
+        let s = rest.as_str();
         let spec = if s.contains("actions=") {
             FlowSpec::parse(s)?
         } else if s.trim().is_empty() {
@@ -1615,15 +1653,21 @@ impl FlowFilter {
         Ok(FlowFilter {
             table: given("table=").then_some(spec.table),
             priority: given("priority=").then_some(spec.priority),
+            cookie_mask,
+            set_cookie: set_cookie.then_some(spec.cookie),
             spec,
         })
+    }
+
+    fn cookie_ok(&self, flow: &FlowSpec) -> bool {
+        self.cookie_mask.is_none_or(|(v, m)| flow.cookie & m == v)
     }
 
     /// Non-strict selection, as ovs-ofctl's: the flow is in the table (if given) and
     /// matches every field of the filter at least as specifically, with the same
     /// value under the filter's mask.
     pub fn covers(&self, flow: &FlowSpec) -> bool {
-        if self.table.is_some_and(|t| t != flow.table) {
+        if self.table.is_some_and(|t| t != flow.table) || !self.cookie_ok(flow) {
             return false;
         }
         self.spec.matches.iter().all(|want| {
@@ -1641,6 +1685,7 @@ impl FlowFilter {
         self.table.unwrap_or(0) == flow.table
             && self.priority.unwrap_or(DEFAULT_PRIORITY) == flow.priority
             && self.spec.matches == flow.matches
+            && self.cookie_ok(flow)
     }
 }
 
@@ -1697,6 +1742,22 @@ mod filter_tests {
             "a /24 flow is broader than a /25 filter"
         );
         assert!(FlowFilter::parse("table=1").unwrap().covers(&f3));
+        let c5 = FlowSpec::parse("cookie=0x15,priority=3,actions=drop").unwrap();
+        let by_cookie = FlowFilter::parse("cookie=0x5/0xf").unwrap();
+        assert!(by_cookie.covers(&c5) && !by_cookie.covers(&f1));
+        assert!(!FlowFilter::parse("cookie=0x5/-1").unwrap().covers(&c5));
+        assert!(FlowFilter::parse("cookie=0x15/-1,priority=3")
+            .unwrap()
+            .is_exactly(&c5));
+        let set = FlowFilter::parse("cookie=1/-1,cookie=2,actions=NORMAL").unwrap();
+        assert_eq!(
+            (set.cookie_mask, set.set_cookie),
+            (Some((1, u64::MAX)), Some(2))
+        );
+        assert!(FlowFilter::parse("cookie=x/1")
+            .unwrap_err()
+            .to_string()
+            .contains("is not VALUE/MASK"));
         assert!(!FlowFilter::parse("table=1").unwrap().covers(&f1));
         let strict = FlowFilter::parse("priority=200,tcp,tp_dst=22").unwrap();
         assert!(strict.is_exactly(&f1) && !strict.is_exactly(&f2));

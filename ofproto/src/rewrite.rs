@@ -14,10 +14,29 @@
 use crate::checksum::fold;
 use crate::flow::*;
 
-/// Whether actions changed any header field [`commit`] writes.
+/// The header fields [`commit`] writes into a frame.
+pub const HEADER_FIELDS: &[Field] = &[
+    DL_SRC,
+    DL_DST,
+    NW_SRC,
+    NW_DST,
+    NW_PROTO,
+    NW_TOS,
+    NW_TTL,
+    TP_SRC,
+    TP_DST,
+    IPV6_LABEL,
+    IPV6_SRC_HI,
+    IPV6_SRC_LO,
+    IPV6_DST_HI,
+    IPV6_DST_LO,
+];
+
+/// Whether actions changed any header field [`commit`] writes. (`ARP_SHA`/`ARP_THA`
+/// share words with the IPv6 addresses, so they are covered too.)
 #[inline]
 pub fn differs(a: &FlowKey, b: &FlowKey) -> bool {
-    [1, 2, 3, 4, 8, 9, 10, 11].iter().any(|&w| a.0[w] != b.0[w])
+    HEADER_FIELDS.iter().any(|&f| a.get(f) != b.get(f))
 }
 
 /// RFC 1624, eqn. 3: the checksum after the 16-bit words `old` became `new`.

@@ -100,6 +100,45 @@ fn invalid_flows_say_what_and_where() {
         ("reg16=1,actions=drop", "unknown field 'reg16'"),
         ("nw_proto=6,actions=drop", "nw_proto requires ip or ipv6"),
         ("dl_vlan=4096,actions=drop", "does not fit in 12 bits"),
+        (
+            "actions=load:0x100->reg0[0..7]",
+            "0x100 does not fit in reg0[0..7]",
+        ),
+        (
+            "actions=move:reg0[0..3]->reg1[0..7]",
+            "reg0[0..3] is 4 bits but reg1[0..7] is 8 bits",
+        ),
+        (
+            "actions=load:1->reg0[8..40]",
+            "bits 8..40 are outside reg0's 32 bits",
+        ),
+        ("actions=load:1->reg0[3..1]", "bits 3..1 are outside"),
+        (
+            "actions=set_field:1->nw_scr",
+            "unknown field 'nw_scr' (did you mean 'nw_src'?)",
+        ),
+        ("actions=set_field:1->in_port", "in_port cannot be set"),
+        (
+            "actions=set_field:10.0.0.300->nw_dst",
+            "nw_dst: \"10.0.0.300\" is not an IPv4 address",
+        ),
+        ("actions=note:abc", "expected hex bytes"),
+        (
+            "actions=push_vlan:0x9100",
+            "the TPID must be 0x8100 or 0x88a8",
+        ),
+        (
+            "actions=learn(table=300)",
+            "learn: table: \"300\" is not a number up to 254",
+        ),
+        (
+            "actions=learn(NXM_OF_ETH_DST[]=NXM_OF_IP_SRC[])",
+            "learn: nw_src[] is 32 bits but dl_dst[] is 48 bits",
+        ),
+        (
+            "actions=learn(load:reg0[]->reg99[])",
+            "unknown field 'reg99'",
+        ),
     ];
     for (flow, want) in cases {
         let e = FlowSpec::parse(flow).expect_err(flow).to_string();

@@ -344,9 +344,15 @@ pub fn fnv(data: &[u8]) -> u64 {
     })
 }
 
-/// Sends `len` bytes of TCP from `client` to `server` (listening on `server_ip`)
-/// and checks the receiver got exactly them.
+/// Sends `len` bytes of TCP from `client` to `server` and checks the receiver got
+/// exactly them.
 pub fn tcp_transfer(client: &Host, server: &Host, len: usize) {
+    tcp_transfer_via(client, server, &server.ip.clone(), len)
+}
+
+/// [`tcp_transfer`] with the client connecting to `via` (an address flows translate
+/// to the server's) instead of the server's own address.
+pub fn tcp_transfer_via(client: &Host, server: &Host, via: &str, len: usize) {
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let ip = server.ip.clone();
     let srv = server.ns.spawn(move || {
@@ -365,7 +371,7 @@ pub fn tcp_transfer(client: &Host, server: &Host, len: usize) {
         .expect("server ready");
     let data = pattern(len, len as u64);
     let want = fnv(&data);
-    let ip = server.ip.clone();
+    let ip = via.to_string();
     let echoed = client.ns.run(move || {
         let mut s = TcpStream::connect_timeout(
             &format!("{ip}:{port}").parse().unwrap(),

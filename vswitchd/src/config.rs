@@ -45,14 +45,16 @@ fn parse_flow(index: usize, text: &str, bridge: &str, b: &Bridge) -> Result<Flow
         index,
         error: e.to_string(),
     })?;
-    for a in &spec.actions {
-        if !crate::pipeline::supports(a) {
-            return Err(ConfigError::UnsupportedAction {
-                index,
-                action: a.to_string(),
-            });
-        }
-    }
+    check_flow(index, spec, bridge, b)
+}
+
+/// Checks a parsed flow against bridge `b`: fields the datapath can match, ports it has.
+fn check_flow(
+    index: usize,
+    spec: FlowSpec,
+    bridge: &str,
+    b: &Bridge,
+) -> Result<FlowSpec, ConfigError> {
     // Ports are resolved when the flow is installed; here only the fields matter.
     spec.to_match(|_| Some(0))
         .map_err(|error| ConfigError::BadFlow { index, error })?;
@@ -229,8 +231,6 @@ pub enum ConfigError {
     BadName { name: String, reason: &'static str },
     #[error("flow {index}: {error}")]
     BadFlow { index: usize, error: String },
-    #[error("flow {index}: action \"{action}\" is not supported by the datapath yet")]
-    UnsupportedAction { index: usize, action: String },
     #[error("flow {index}: no port named {port} on bridge {bridge}")]
     FlowPort {
         index: usize,
@@ -564,11 +564,11 @@ impl Config {
                 flow,
             } => {
                 let b = self.bridge_mut(bridge)?;
-                let new = parse_flow(1, flow, bridge, b)?;
                 let f = FlowFilter::parse(flow).map_err(|e| ConfigError::BadFlow {
                     index: 1,
                     error: e.to_string(),
                 })?;
+                let new = check_flow(1, f.spec.clone(), bridge, b)?;
                 b.flows = b
                     .flows
                     .iter()
@@ -581,6 +581,9 @@ impl Config {
                             }) =>
                         {
                             spec.actions = new.actions.clone();
+                            if let Some(c) = f.set_cookie {
+                                spec.cookie = c;
+                            }
                             spec.to_string()
                         }
                         _ => text.clone(),

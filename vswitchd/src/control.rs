@@ -135,6 +135,32 @@ impl Daemon {
         self.publish().await;
     }
 
+    /// Installs flows that `learn` actions produced (bridge, flow text), as one
+    /// persisted change. A learned flow that is already there changes nothing; one
+    /// that cannot be installed (a bridge gone since) is logged and skipped.
+    pub async fn learn(&mut self, flows: Vec<crate::datapath::Learned>) {
+        let mut next = self.config.clone();
+        for (bridge, flow) in flows {
+            let op = Op::AddFlows {
+                bridge: bridge.clone(),
+                flows: vec![flow.clone()],
+            };
+            if let Err(e) = next.transact(std::slice::from_ref(&op)) {
+                warn!("bridge {bridge}: cannot install learned flow {flow}: {e}");
+            }
+        }
+        if next == self.config {
+            return;
+        }
+        if let Err(e) = db::save(&self.db_path, &next) {
+            warn!("cannot persist learned flows, not installing them: {e}");
+            return;
+        }
+        debug!("installed learned flows");
+        self.config = next;
+        self.publish().await;
+    }
+
     pub async fn shutdown(&mut self) {
         self.worker.shutdown();
         let devs = self.devices.close_all();

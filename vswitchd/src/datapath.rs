@@ -30,7 +30,7 @@ use ofproto::ethernet::EthernetFrame;
 use ofproto::gso;
 use ofproto::mac_learning::{MacEntry, MacTable};
 use ofproto::normal::{normal, Normal};
-use ofproto::vlan::{self, PortVlan};
+use ofproto::vlan::PortVlan;
 use ofproto::vnet_hdr::{VnetHdr, VNET_HDR_LEN};
 use ofproto::{MacAddr, PortNo};
 use tokio::sync::oneshot;
@@ -40,7 +40,10 @@ use crate::netdev::poll::{Epoll, EventFd};
 use crate::netdev::{Netdev, RxBatch, TxBatch, TxStore, BATCH};
 use crate::pipeline::{ActionRt, Pipeline, MAX_RESUBMIT_DEPTH};
 use crate::stats::PortStats;
+use ofproto::actions::Verdict;
 use ofproto::flow::{FlowKey, VLAN_TCI};
+use ofproto::flow::{DL_DST, DL_SRC};
+use ofproto::flow_syntax::{LearnItem, LearnSpec};
 
 /// How deep a frame may travel through chained patch ports (a loop of patch pairs
 /// would otherwise recurse forever).
@@ -73,32 +76,61 @@ pub struct PortRt {
     pub stats: Arc<PortStats>,
 }
 
-/// One frame queued for a port: its receive slot and the outer tag it must leave
-/// with (`None`: untagged). The send path compares that with the tag the frame
-/// carries and strips, pushes or rewrites it without copying the frame.
+/// One frame queued for a port: its receive slot, its rewritten headers if any, and
+/// the outer tag it must leave with (`None`: untagged). The send path compares that
+/// with the tag the frame carries and strips, pushes or rewrites it without copying
+/// the frame.
 #[derive(Clone, Copy)]
 struct TxItem {
     slot: u16,
+    head: u16,
     tag: Option<u16>,
+}
+
+/// `Pkt::head` when the frame's headers are as received.
+const NO_HEAD: u16 = u16::MAX;
+/// Bytes of a frame copied when actions rewrite its headers: virtio-net header,
+/// Ethernet with a tag, IPv4 with options, TCP with options. The payload after it is
+/// sent from the receive slot, uncopied.
+const HEAD_CAP: usize = VNET_HDR_LEN + 18 + 60 + 60;
+
+/// A frame on its way through bridges: where its bytes are and what it looks like.
+#[derive(Clone, Copy)]
+struct Pkt {
+    slot: u16,
+    /// Index of its rewritten headers in `Worker::heads`, or [`NO_HEAD`].
+    head: u16,
+    /// The outer tag it would leave with if output now.
+    tci: Option<u16>,
+    src: MacAddr,
+    dst: MacAddr,
+    in_port: usize,
+    /// Patch ports crossed so far.
+    depth: u8,
 }
 
 /// What the pipeline knows about a frame as its actions run.
 struct FlowState {
+    /// The key as actions left it: what later lookups see.
     key: FlowKey,
-    /// The outer tag the frame would leave with if output now.
-    tci: Option<u16>,
-    in_port: usize,
+    /// The key the frame's bytes (`Pkt::head` or the slot) currently match.
+    committed: FlowKey,
     /// Whether any action sent the frame somewhere.
     output: bool,
 }
 
-impl FlowState {
-    /// Changes the frame's tag, and the key later lookups see (CFI bit = tag present).
-    fn set_tci(&mut self, tci: Option<u16>) {
-        self.tci = tci;
-        self.key
-            .set(VLAN_TCI, tci.map_or(0, |t| u64::from(t | 0x1000)));
-    }
+/// The VLAN_TCI key value of an outer tag (CFI bit = tag present), and back.
+fn tci_key(tci: Option<u16>) -> u64 {
+    tci.map_or(0, |t| u64::from(t | 0x1000))
+}
+
+fn key_tci(key: &FlowKey) -> Option<u16> {
+    let t = key.get(VLAN_TCI) as u16;
+    (t & 0x1000 != 0).then_some(t & !0x1000)
+}
+
+fn key_mac(key: &FlowKey, f: ofproto::flow::Field) -> MacAddr {
+    MacAddr(key.get(f).to_be_bytes()[2..8].try_into().unwrap())
 }
 
 /// Length of a rewritten frame prefix: virtio-net header, MAC addresses, one tag.
@@ -131,6 +163,14 @@ pub enum Cmd {
     Shutdown,
 }
 
+/// A flow a `learn` action produced: the bridge, and the flow in flow syntax.
+pub type Learned = (String, String);
+pub type LearnSink = tokio::sync::mpsc::UnboundedSender<Learned>;
+
+/// How often the same learned flow is handed to the control side again while
+/// packets keep teaching it (often enough to keep an idle_timeout from expiring it).
+const LEARN_RESEND_MS: u64 = 1000;
+
 /// The control side's end of the datapath thread.
 pub struct WorkerHandle {
     tx: mpsc::Sender<Cmd>,
@@ -139,13 +179,14 @@ pub struct WorkerHandle {
 }
 
 impl WorkerHandle {
-    pub fn spawn() -> io::Result<WorkerHandle> {
+    /// Starts the datapath thread; flows its `learn` actions produce go to `learned`.
+    pub fn spawn(learned: LearnSink) -> io::Result<WorkerHandle> {
         let (tx, rx) = mpsc::channel();
         let wake = Arc::new(EventFd::new()?);
         let w = wake.clone();
         let thread = std::thread::Builder::new()
             .name("datapath".into())
-            .spawn(move || match Worker::new(rx, w) {
+            .spawn(move || match Worker::new(rx, w, learned) {
                 Ok(mut worker) => worker.run(),
                 Err(e) => warn!("datapath thread failed to start: {e}"),
             })?;
@@ -204,13 +245,27 @@ struct Worker {
     tag_buf: Vec<u8>,
     seg_buf: Vec<u8>,
     seg_ranges: Vec<Range<usize>>,
+    /// Rewritten frame headers of this batch, [`HEAD_CAP`] bytes each, and how many
+    /// bytes of each are used. Cleared after every flush.
+    heads: Vec<u8>,
+    head_lens: Vec<u16>,
+    /// Flows `learn` actions produced, to the control side, which installs them.
+    learned: LearnSink,
+    /// Learned flows recently handed over (by hash), with when: a learn action on
+    /// every packet of a stream must not flood the control side.
+    learn_sent: HashMap<u64, u64>,
+    learn_hasher: std::collections::hash_map::RandomState,
     epoch: Instant,
     now: u64,
     last_expire: u64,
 }
 
 impl Worker {
-    fn new(cmds: mpsc::Receiver<Cmd>, wake: Arc<EventFd>) -> io::Result<Worker> {
+    fn new(
+        cmds: mpsc::Receiver<Cmd>,
+        wake: Arc<EventFd>,
+        learned: LearnSink,
+    ) -> io::Result<Worker> {
         let epoll = Epoll::new()?;
         epoll.add(wake.fd(), WAKE_TOKEN)?;
         Ok(Worker {
@@ -227,6 +282,11 @@ impl Worker {
             tag_buf: Vec::with_capacity(crate::netdev::BUF_SIZE + 4),
             seg_buf: Vec::with_capacity(BATCH * crate::netdev::BUF_SIZE + PREALLOC_SEGMENTS * 128),
             seg_ranges: Vec::with_capacity(PREALLOC_SEGMENTS),
+            heads: Vec::with_capacity(BATCH * 4 * HEAD_CAP),
+            head_lens: Vec::with_capacity(BATCH * 4),
+            learned,
+            learn_sent: HashMap::new(),
+            learn_hasher: Default::default(),
             epoch: crate::pipeline::epoch(),
             now: 0,
             last_expire: 0,
@@ -394,8 +454,16 @@ impl Worker {
                 };
                 c.packets += 1;
                 c.bytes += (slot.len() - VNET_HDR_LEN) as u64;
-                let (src, dst, tci) = (eth.src(), eth.dst(), eth.vlan_tci());
-                if !self.ingress(&snap, i as u16, port, tci, src, dst, 0) {
+                let pkt = Pkt {
+                    slot: i as u16,
+                    head: NO_HEAD,
+                    tci: eth.vlan_tci(),
+                    src: eth.src(),
+                    dst: eth.dst(),
+                    in_port: port,
+                    depth: 0,
+                };
+                if !self.ingress(&snap, pkt) {
                     c.dropped += 1;
                 }
             }
@@ -407,52 +475,76 @@ impl Worker {
         }
     }
 
-    /// A frame enters a bridge on `in_port`: through the bridge's flow tables if it
-    /// has any, else straight to NORMAL. Returns false if the frame was dropped.
-    #[allow(clippy::too_many_arguments)]
-    fn ingress(
-        &mut self,
-        snap: &Snapshot,
-        slot: u16,
-        in_port: usize,
-        tci: Option<u16>,
-        src: MacAddr,
-        dst: MacAddr,
-        depth: u8,
-    ) -> bool {
-        let p = &snap.ports[in_port];
+    /// The frame's bytes as they are now: its rewritten headers (or the slot's start),
+    /// then the rest of the slot.
+    fn view(&self, slot: u16, head: u16) -> (&[u8], &[u8]) {
+        frame_view(&self.rx, &self.heads, &self.head_lens, slot, head)
+    }
+
+    /// A frame enters a bridge on `pkt.in_port`: through the bridge's flow tables if
+    /// it has any, else straight to NORMAL. Returns false if the frame was dropped.
+    fn ingress(&mut self, snap: &Snapshot, mut pkt: Pkt) -> bool {
+        let p = &snap.ports[pkt.in_port];
         match &snap.bridges[p.bridge].pipeline {
-            None => match p.vlan.input(tci) {
-                Ok(vlan) => self.forward(snap, slot, in_port, vlan, tci, src, dst, depth),
+            None => match p.vlan.input(pkt.tci) {
+                Ok(vlan) => self.forward(snap, pkt, vlan),
                 Err(_) => false,
             },
             Some(pl) => {
-                let frame = &self.rx.slot(usize::from(slot))[VNET_HDR_LEN..];
-                let key = FlowKey::extract(frame, p.ofport);
+                let (first, _) = self.view(pkt.slot, pkt.head);
+                let mut key = FlowKey::extract(&first[VNET_HDR_LEN..], p.ofport);
+                // The tag it would leave with, which a patch port's peer may have changed.
+                key.set(VLAN_TCI, tci_key(pkt.tci));
                 let mut st = FlowState {
                     key,
-                    tci,
-                    in_port,
+                    committed: key,
                     output: false,
                 };
-                self.run_table(snap, pl, slot, 0, &mut st, src, dst, depth, 0);
+                self.run_table(snap, pl, &mut pkt, 0, &mut st, 0);
                 st.output
             }
         }
     }
 
+    /// Brings the frame in line with the key before it is output: the tag to leave
+    /// with, and rewritten headers (a fresh copy, so earlier outputs keep theirs).
+    fn sync(&mut self, pkt: &mut Pkt, st: &mut FlowState) {
+        pkt.tci = key_tci(&st.key);
+        if !ofproto::rewrite::differs(&st.committed, &st.key) {
+            return;
+        }
+        // cannot happen with batches of 32, but a head index must never reach NO_HEAD
+        if self.head_lens.len() >= usize::from(NO_HEAD) {
+            return;
+        }
+        let mut tmp = [0u8; HEAD_CAP];
+        let len = {
+            let (first, _) = self.view(pkt.slot, pkt.head);
+            let len = first.len().min(HEAD_CAP);
+            tmp[..len].copy_from_slice(&first[..len]);
+            len
+        };
+        let at = self.heads.len();
+        self.heads.extend_from_slice(&tmp);
+        let h = &mut self.heads[at..at + len];
+        let partial = VnetHdr::parse(h[..VNET_HDR_LEN].try_into().unwrap()).needs_csum();
+        ofproto::rewrite::commit(&mut h[VNET_HDR_LEN..len], &st.committed, &st.key, partial);
+        // The rest of the frame, after `len`, is sent from the slot.
+        self.head_lens.push(len as u16);
+        pkt.head = (self.head_lens.len() - 1) as u16;
+        pkt.src = key_mac(&st.key, DL_SRC);
+        pkt.dst = key_mac(&st.key, DL_DST);
+        st.committed = st.key;
+    }
+
     /// Looks the frame up in `table` and runs the winning rule's actions.
-    #[allow(clippy::too_many_arguments)]
     fn run_table(
         &mut self,
         snap: &Snapshot,
         pl: &Pipeline,
-        slot: u16,
+        pkt: &mut Pkt,
         table: u8,
         st: &mut FlowState,
-        src: MacAddr,
-        dst: MacAddr,
-        depth: u8,
         resubmits: u8,
     ) {
         let ts = pl.table_stats.get(usize::from(table));
@@ -468,63 +560,57 @@ impl Worker {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
         let rule = &rule.data;
-        let len = (self.rx.slot(usize::from(slot)).len() - VNET_HDR_LEN) as u64;
+        let len = (self.rx.slot(usize::from(pkt.slot)).len() - VNET_HDR_LEN) as u64;
         rule.stats.hit(len, self.now.max(1));
-        let br = &snap.bridges[snap.ports[st.in_port].bridge];
+        let br = &snap.bridges[snap.ports[pkt.in_port].bridge];
         for a in &rule.actions {
-            match *a {
-                ActionRt::Output(Some(out)) if out != st.in_port => {
-                    self.emit(snap, slot, out, st.tci, src, dst, depth);
+            match a {
+                ActionRt::Output(Some(out)) if *out != pkt.in_port => {
+                    self.sync(pkt, st);
+                    self.emit(snap, pkt, *out, pkt.tci);
                     st.output = true;
                 }
                 ActionRt::Output(_) | ActionRt::Drop => {}
                 ActionRt::InPort => {
-                    self.emit(snap, slot, st.in_port, st.tci, src, dst, depth);
+                    self.sync(pkt, st);
+                    self.emit(snap, pkt, pkt.in_port, pkt.tci);
                     st.output = true;
                 }
                 ActionRt::Flood | ActionRt::All => {
+                    self.sync(pkt, st);
                     for &out in &br.ports {
-                        if out != st.in_port {
-                            self.emit(snap, slot, out, st.tci, src, dst, depth);
+                        if out != pkt.in_port {
+                            self.emit(snap, pkt, out, pkt.tci);
                         }
                     }
                     st.output = true;
                 }
                 ActionRt::Normal => {
-                    let vlan = snap.ports[st.in_port].vlan.input(st.tci);
-                    if let Ok(vlan) = vlan {
-                        st.output |=
-                            self.forward(snap, slot, st.in_port, vlan, st.tci, src, dst, depth);
+                    self.sync(pkt, st);
+                    if let Ok(vlan) = snap.ports[pkt.in_port].vlan.input(pkt.tci) {
+                        st.output |= self.forward(snap, *pkt, vlan);
                     }
                 }
-                ActionRt::SetVlanVid(v) => st.set_tci(Some(vlan::with_vid(st.tci, v))),
-                ActionRt::SetVlanPcp(p) => st.set_tci(Some(vlan::with_pcp(st.tci, p))),
-                ActionRt::StripVlan => st.set_tci(None),
-                ActionRt::PushVlan => st.set_tci(Some(st.tci.unwrap_or(0))),
+                ActionRt::Key(op) => {
+                    if op.apply(&mut st.key) == Verdict::Drop {
+                        return;
+                    }
+                }
+                ActionRt::Learn(l) => self.learn(snap, pkt.in_port, l, &st.key),
                 ActionRt::Resubmit { in_port, table: t } if resubmits < MAX_RESUBMIT_DEPTH => {
-                    let saved = st.in_port;
-                    if let Some(p) = in_port {
-                        st.in_port = p;
+                    let saved = pkt.in_port;
+                    if let Some(p) = *in_port {
+                        pkt.in_port = p;
                         st.key
                             .set(ofproto::flow::IN_PORT, u64::from(snap.ports[p].ofport));
                     }
-                    self.run_table(
-                        snap,
-                        pl,
-                        slot,
-                        t.unwrap_or(table),
-                        st,
-                        src,
-                        dst,
-                        depth,
-                        resubmits + 1,
-                    );
-                    st.in_port = saved;
+                    self.run_table(snap, pl, pkt, t.unwrap_or(table), st, resubmits + 1);
+                    pkt.in_port = saved;
                     st.key
                         .set(ofproto::flow::IN_PORT, u64::from(snap.ports[saved].ofport));
                 }
-                ActionRt::GotoTable(t) if t > table => {
-                    self.run_table(snap, pl, slot, t, st, src, dst, depth, resubmits);
+                ActionRt::GotoTable(t) if *t > table => {
+                    self.run_table(snap, pl, pkt, *t, st, resubmits);
                     return;
                 }
                 ActionRt::Resubmit { .. } | ActionRt::GotoTable(_) => {}
@@ -532,35 +618,64 @@ impl Worker {
         }
     }
 
-    /// Runs NORMAL for receive slot `slot` arriving on `in_port`; returns false if the
-    /// frame was dropped.
-    #[allow(clippy::too_many_arguments)]
-    fn forward(
-        &mut self,
-        snap: &Snapshot,
-        slot: u16,
-        in_port: usize,
-        vlan: u16,
-        tci: Option<u16>,
-        src: MacAddr,
-        dst: MacAddr,
-        depth: u8,
-    ) -> bool {
-        let p = &snap.ports[in_port];
+    /// Hands the flow `l` makes of this packet to the control side, unless the same
+    /// flow went there within [`LEARN_RESEND_MS`]. Hashing the values first keeps a
+    /// stream of packets that teach nothing new from allocating.
+    fn learn(&mut self, snap: &Snapshot, in_port: usize, l: &LearnSpec, key: &FlowKey) {
+        use std::hash::{BuildHasher, Hash, Hasher};
+        let bridge = snap.ports[in_port].bridge;
+        let mut h = self.learn_hasher.build_hasher();
+        (bridge, l as *const LearnSpec as usize).hash(&mut h);
+        for item in &l.items {
+            match item {
+                LearnItem::MatchField { src, .. }
+                | LearnItem::LoadField { src, .. }
+                | LearnItem::Output { src } => src.read(key).hash(&mut h),
+                _ => {}
+            }
+        }
+        let id = h.finish();
+        if let Some(&t) = self.learn_sent.get(&id) {
+            if self.now.saturating_sub(t) < LEARN_RESEND_MS {
+                return;
+            }
+        }
+        if self.learn_sent.len() >= 65_536 {
+            let now = self.now;
+            self.learn_sent
+                .retain(|_, t| now.saturating_sub(*t) < LEARN_RESEND_MS);
+        }
+        self.learn_sent.insert(id, self.now);
+        let flow = l.instantiate(key).to_string();
+        let _ = self.learned.send((snap.bridges[bridge].name.clone(), flow));
+    }
+
+    /// Runs NORMAL for the frame on VLAN `vlan`; returns false if it was dropped.
+    fn forward(&mut self, snap: &Snapshot, pkt: Pkt, vlan: u16) -> bool {
+        let p = &snap.ports[pkt.in_port];
         let br = &snap.bridges[p.bridge];
-        let (decision, _) = normal(&mut self.mac[p.bridge], p.ofport, vlan, src, dst, self.now);
+        let (decision, _) = normal(
+            &mut self.mac[p.bridge],
+            p.ofport,
+            vlan,
+            pkt.src,
+            pkt.dst,
+            self.now,
+        );
         match decision {
             Normal::Output(of) => match br.by_ofport.get(&of) {
                 Some(&out) if snap.ports[out].vlan.carries(vlan) => {
-                    self.output(snap, slot, out, vlan, tci, src, dst, depth);
+                    let tag = snap.ports[out].vlan.egress_tag(vlan, pkt.tci);
+                    self.emit(snap, &pkt, out, tag);
                     true
                 }
                 _ => false,
             },
             Normal::Flood => {
                 for &out in &br.ports {
-                    if out != in_port && snap.ports[out].vlan.carries(vlan) {
-                        self.output(snap, slot, out, vlan, tci, src, dst, depth);
+                    if out != pkt.in_port && snap.ports[out].vlan.carries(vlan) {
+                        let tag = snap.ports[out].vlan.egress_tag(vlan, pkt.tci);
+                        self.emit(snap, &pkt, out, tag);
                     }
                 }
                 true
@@ -569,35 +684,9 @@ impl Worker {
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn output(
-        &mut self,
-        snap: &Snapshot,
-        slot: u16,
-        out: usize,
-        vlan: u16,
-        tci: Option<u16>,
-        src: MacAddr,
-        dst: MacAddr,
-        depth: u8,
-    ) {
-        let tag = snap.ports[out].vlan.egress_tag(vlan, tci);
-        self.emit(snap, slot, out, tag, src, dst, depth);
-    }
-
-    /// Queues receive slot `slot` for port `out`, to leave with outer tag `tag`, or
-    /// hands it to the peer bridge of a patch port.
-    #[allow(clippy::too_many_arguments)]
-    fn emit(
-        &mut self,
-        snap: &Snapshot,
-        slot: u16,
-        out: usize,
-        tag: Option<u16>,
-        src: MacAddr,
-        dst: MacAddr,
-        depth: u8,
-    ) {
+    /// Queues the frame for port `out`, to leave with outer tag `tag`, or hands it to
+    /// the peer bridge of a patch port.
+    fn emit(&mut self, snap: &Snapshot, pkt: &Pkt, out: usize, tag: Option<u16>) {
         let p = &snap.ports[out];
         match &p.kind {
             PortKind::Device(_) => {
@@ -605,13 +694,25 @@ impl Worker {
                 if q.is_empty() {
                     self.pending.push(out);
                 }
-                q.push(TxItem { slot, tag });
+                q.push(TxItem {
+                    slot: pkt.slot,
+                    head: pkt.head,
+                    tag,
+                });
             }
-            PortKind::Patch { peer: Some(peer) } if depth < MAX_PATCH_DEPTH => {
-                let len = (self.rx.slot(usize::from(slot)).len() - VNET_HDR_LEN) as u64;
+            PortKind::Patch { peer: Some(peer) } if pkt.depth < MAX_PATCH_DEPTH => {
+                let len = (self.rx.slot(usize::from(pkt.slot)).len() - VNET_HDR_LEN) as u64;
                 p.stats.add_tx(1, len, 0, 0);
                 // The frame enters the peer bridge as it would have left this port.
-                let admitted = self.ingress(snap, slot, *peer, tag, src, dst, depth + 1);
+                let admitted = self.ingress(
+                    snap,
+                    Pkt {
+                        tci: tag,
+                        in_port: *peer,
+                        depth: pkt.depth + 1,
+                        ..*pkt
+                    },
+                );
                 snap.ports[*peer]
                     .stats
                     .add_rx(1, len, u64::from(!admitted), 0);
@@ -633,18 +734,22 @@ impl Worker {
             // Done before any iovec points into `retags`, so its growth cannot move them.
             self.retags.clear();
             for item in q.iter() {
-                self.retags
-                    .push(retag(self.rx.slot(usize::from(item.slot)), item.tag));
+                let (first, _) =
+                    frame_view(&self.rx, &self.heads, &self.head_lens, item.slot, item.head);
+                self.retags.push(retag(first, item.tag));
             }
             let mut tx = TxBatch::new(std::mem::take(&mut self.tx_store));
             if dev.takes_vnet_hdr() {
                 for (item, rt) in q.iter().zip(&self.retags) {
-                    let slot = self.rx.slot(usize::from(item.slot));
-                    match rt {
-                        None => tx.push(slot),
-                        Some(r) => tx.push_parts(&[
+                    let (first, rest) =
+                        frame_view(&self.rx, &self.heads, &self.head_lens, item.slot, item.head);
+                    match (rt, item.head) {
+                        (None, NO_HEAD) => tx.push(first),
+                        (None, _) => tx.push_parts(&[first, rest]),
+                        (Some(r), _) => tx.push_parts(&[
                             &r.prefix[..usize::from(r.len)],
-                            &slot[usize::from(r.rest_at)..],
+                            &first[usize::from(r.rest_at)..],
+                            rest,
                         ]),
                     }
                 }
@@ -653,15 +758,22 @@ impl Worker {
                 self.seg_buf.clear();
                 self.seg_ranges.clear();
                 for (item, rt) in q.iter().zip(&self.retags) {
-                    let slot = self.rx.slot(usize::from(item.slot));
-                    let whole: &[u8] = match rt {
-                        None => slot,
-                        Some(r) => {
+                    let (first, rest) =
+                        frame_view(&self.rx, &self.heads, &self.head_lens, item.slot, item.head);
+                    let whole: &[u8] = match (rt, item.head) {
+                        (None, NO_HEAD) => first,
+                        _ => {
+                            // Materialize the frame whole: segmentation needs it contiguous.
+                            let (prefix, from): (&[u8], usize) = match rt {
+                                Some(r) => {
+                                    (&r.prefix[..usize::from(r.len)], usize::from(r.rest_at))
+                                }
+                                None => (&[], 0),
+                            };
                             self.tag_buf.clear();
-                            self.tag_buf
-                                .extend_from_slice(&r.prefix[..usize::from(r.len)]);
-                            self.tag_buf
-                                .extend_from_slice(&slot[usize::from(r.rest_at)..]);
+                            self.tag_buf.extend_from_slice(prefix);
+                            self.tag_buf.extend_from_slice(&first[from..]);
+                            self.tag_buf.extend_from_slice(rest);
                             &self.tag_buf
                         }
                     };
@@ -695,7 +807,27 @@ impl Worker {
             q.clear();
         }
         self.pending.clear();
+        self.heads.clear();
+        self.head_lens.clear();
     }
+}
+
+/// A frame's bytes as they are now: its rewritten headers (or the slot's start, whole),
+/// then the rest of the slot after them.
+fn frame_view<'a>(
+    rx: &'a RxBatch,
+    heads: &'a [u8],
+    head_lens: &[u16],
+    slot: u16,
+    head: u16,
+) -> (&'a [u8], &'a [u8]) {
+    let s = rx.slot(usize::from(slot));
+    if head == NO_HEAD {
+        return (s, &[]);
+    }
+    let h = usize::from(head);
+    let len = usize::from(head_lens[h]);
+    (&heads[h * HEAD_CAP..h * HEAD_CAP + len], &s[len..])
 }
 
 /// The outer tag's TCI of the frame in `slot` (virtio-net header + frame).

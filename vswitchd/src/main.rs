@@ -202,7 +202,8 @@ fn run(mut args: Args, report: &dyn Fn(&str)) -> Result<()> {
         .enable_all()
         .build()?;
     let result = rt.block_on(async {
-        let worker = WorkerHandle::spawn().context("cannot start the datapath thread")?;
+        let (learned_tx, mut learned_rx) = tokio::sync::mpsc::unbounded_channel();
+        let worker = WorkerHandle::spawn(learned_tx).context("cannot start the datapath thread")?;
         let mut daemon = Daemon {
             config,
             db_path: args.db.clone(),
@@ -233,6 +234,16 @@ fn run(mut args: Args, report: &dyn Fn(&str)) -> Result<()> {
                 }
             })
         };
+        // Flows `learn` actions made: installed in batches, like any other flows.
+        let learner = {
+            let shared = shared.clone();
+            tokio::spawn(async move {
+                let mut batch = Vec::new();
+                while learned_rx.recv_many(&mut batch, 1024).await > 0 {
+                    shared.lock().await.learn(std::mem::take(&mut batch)).await;
+                }
+            })
+        };
         let server = tokio::spawn(control::serve(listener, shared.clone()));
 
         let mut term = signal(SignalKind::terminate())?;
@@ -243,6 +254,7 @@ fn run(mut args: Args, report: &dyn Fn(&str)) -> Result<()> {
         }
         server.abort();
         periodic.abort();
+        learner.abort();
         shared.lock().await.shutdown().await;
         let _ = fs::remove_file(&sock);
         anyhow::Ok(())

@@ -16,8 +16,9 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::Instant;
 
+use ofproto::actions::KeyOp;
 use ofproto::classifier::Classifier;
-use ofproto::flow_syntax::{Action, FlowSpec, PortRef};
+use ofproto::flow_syntax::{Action, FlowSpec, LearnSpec, PortRef};
 use ofproto::{PortNo, OFPP_LOCAL};
 
 use crate::config::{Bridge, DEFAULT_FLOW};
@@ -60,7 +61,7 @@ impl FlowStats {
 }
 
 /// An action with its ports resolved to datapath port indices.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ActionRt {
     /// To this port; `None` when the named port does not exist (the output is dropped).
     Output(Option<usize>),
@@ -69,10 +70,10 @@ pub enum ActionRt {
     All,
     InPort,
     Drop,
-    SetVlanVid(u16),
-    SetVlanPcp(u8),
-    StripVlan,
-    PushVlan,
+    /// A change to the flow key (VLAN, header rewrites, registers, metadata...);
+    /// the frame follows the key when it is output.
+    Key(KeyOp),
+    Learn(Arc<LearnSpec>),
     Resubmit {
         in_port: Option<usize>,
         table: Option<u8>,
@@ -153,27 +154,6 @@ impl FlowStatsRegistry {
     }
 }
 
-/// Whether the datapath can run action `a`. The one place that decides: the
-/// configuration refuses flows with any other action, so [`compile`] never meets one.
-pub fn supports(a: &Action) -> bool {
-    match a {
-        Action::PushVlan(t) => *t == 0x8100 || *t == 0x88a8,
-        Action::Output(_)
-        | Action::Normal
-        | Action::Flood
-        | Action::All
-        | Action::InPort
-        | Action::Local
-        | Action::Drop
-        | Action::ModVlanVid(_)
-        | Action::ModVlanPcp(_)
-        | Action::StripVlan
-        | Action::Resubmit { .. }
-        | Action::GotoTable(_) => true,
-        _ => false,
-    }
-}
-
 /// The OpenFlow port number `p` stands for on `bridge` (`None`: no such port, or
 /// `IN_PORT`, which depends on the packet).
 pub fn ofport_of(bridge: &Bridge, p: &PortRef) -> Option<u32> {
@@ -218,11 +198,6 @@ pub fn compile(
         let Ok(spec) = FlowSpec::parse(text) else {
             continue;
         };
-        // Commits refuse such flows; only a hand-edited configuration file gets here.
-        if let Some(a) = spec.actions.iter().find(|a| !supports(a)) {
-            tracing::warn!("bridge {name}: skipping flow with unsupported action {a}: {text}");
-            continue;
-        }
         // A flow naming a port that is gone cannot match anything: leave it out.
         let Ok(m) = spec.to_match(|p| ofport_of(bridge, p)) else {
             continue;
@@ -230,6 +205,7 @@ pub fn compile(
         let actions = spec
             .actions
             .iter()
+            .filter(|a| !matches!(a, Action::Note(_)))
             .map(|a| match a {
                 Action::Output(PortRef::InPort) | Action::InPort => ActionRt::InPort,
                 Action::Output(p) => ActionRt::Output(resolve_idx(p)),
@@ -237,17 +213,17 @@ pub fn compile(
                 Action::Normal => ActionRt::Normal,
                 Action::Flood => ActionRt::Flood,
                 Action::All => ActionRt::All,
-                Action::ModVlanVid(v) => ActionRt::SetVlanVid(*v),
-                Action::ModVlanPcp(p) => ActionRt::SetVlanPcp(*p),
-                Action::StripVlan => ActionRt::StripVlan,
-                Action::PushVlan(_) => ActionRt::PushVlan,
+                Action::Learn(l) => ActionRt::Learn(Arc::new((**l).clone())),
                 Action::Resubmit { port, table } => ActionRt::Resubmit {
                     in_port: port.as_ref().and_then(&resolve_idx),
                     table: *table,
                 },
                 Action::GotoTable(t) => ActionRt::GotoTable(*t),
-                // Flows with any other action were skipped above.
-                _ => ActionRt::Drop,
+                other => match KeyOp::of(other) {
+                    Some(op) => ActionRt::Key(op),
+                    // Flows with any other action were skipped above.
+                    None => ActionRt::Drop,
+                },
             })
             .collect();
         let t = usize::from(spec.table);

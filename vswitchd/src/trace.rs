@@ -9,11 +9,12 @@
 
 use std::fmt::Write;
 
+use ofproto::actions::{KeyOp, Verdict};
 use ofproto::classifier::Classifier;
 use ofproto::flow::{FlowKey, DL_DST, DL_SRC, IN_PORT, VLAN_TCI};
 use ofproto::flow_syntax::{Action, FlowFilter, FlowSpec, PortRef};
 use ofproto::mac_learning::MacEntry;
-use ofproto::vlan;
+use ofproto::rewrite;
 use ofproto::{MacAddr, PortNo, OFPP_LOCAL};
 
 use crate::config::{Bridge, Config};
@@ -27,6 +28,8 @@ struct Tracer<'a> {
     fdb: &'a [MacEntry],
     out: String,
     datapath: Vec<String>,
+    /// The key the frame's headers match at the last output.
+    committed: FlowKey,
 }
 
 fn port_name(b: &Bridge, ofport: PortNo) -> Option<&str> {
@@ -57,7 +60,18 @@ impl Tracer<'_> {
         let _ = writeln!(self.out, "{:indent$}{}", "", text.as_ref(), indent = indent);
     }
 
-    fn emit(&mut self, indent: usize, port: &str, tci: Option<u16>) {
+    /// Outputs to `port` with tag `tci`; header fields the actions changed since the
+    /// last output are listed first, as a `set(...)` datapath action.
+    fn emit(&mut self, indent: usize, port: &str, tci: Option<u16>, key: &FlowKey) {
+        if rewrite::differs(&self.committed, key) {
+            let changed: Vec<String> = rewrite::HEADER_FIELDS
+                .iter()
+                .filter(|f| self.committed.get(**f) != key.get(**f))
+                .map(|f| format!("{}={:#x}", f.name, key.get(*f)))
+                .collect();
+            self.datapath.push(format!("set({})", changed.join(",")));
+            self.committed = *key;
+        }
         self.line(indent, format!("-> output to {port} ({})", tag_desc(tci)));
         self.datapath.push(match tci {
             Some(t) => format!("push_vlan(vid={},pcp={}),{port}", t & 0x0fff, t >> 13),
@@ -83,7 +97,7 @@ impl Tracer<'_> {
             let i = indent + 4;
             match a {
                 Action::Output(PortRef::InPort) | Action::InPort => {
-                    self.emit(i, &in_name.clone(), tci_of(key))
+                    self.emit(i, &in_name.clone(), tci_of(key), key)
                 }
                 Action::Output(p) => {
                     let name =
@@ -97,14 +111,14 @@ impl Tracer<'_> {
                     if name == in_name {
                         self.line(i, format!("output:{p}: skipped (the input port)"));
                     } else {
-                        self.emit(i, &name, tci_of(key));
+                        self.emit(i, &name, tci_of(key), key);
                     }
                 }
                 Action::Local => {
                     let local = port_name(self.bridge, OFPP_LOCAL)
                         .unwrap_or("LOCAL")
                         .to_string();
-                    self.emit(i, &local, tci_of(key));
+                    self.emit(i, &local, tci_of(key), key);
                 }
                 Action::Flood | Action::All => {
                     self.line(i, format!("{a}: every port but {in_name}"));
@@ -116,30 +130,11 @@ impl Tracer<'_> {
                         .cloned()
                         .collect();
                     for p in ports {
-                        self.emit(i + 4, &p, tci_of(key));
+                        self.emit(i + 4, &p, tci_of(key), key);
                     }
                 }
                 Action::Drop => self.line(i, "drop"),
                 Action::Normal => self.normal(key, &in_name, i),
-                Action::ModVlanVid(v) => {
-                    let t = vlan::with_vid(tci_of(key), v);
-                    key.set(VLAN_TCI, u64::from(t | 0x1000));
-                    self.line(i, format!("mod_vlan_vid:{v} -> {}", tag_desc(Some(t))));
-                }
-                Action::ModVlanPcp(p) => {
-                    let t = vlan::with_pcp(tci_of(key), p);
-                    key.set(VLAN_TCI, u64::from(t | 0x1000));
-                    self.line(i, format!("mod_vlan_pcp:{p} -> {}", tag_desc(Some(t))));
-                }
-                Action::StripVlan => {
-                    key.set(VLAN_TCI, 0);
-                    self.line(i, "strip_vlan -> untagged");
-                }
-                Action::PushVlan(_) => {
-                    let t = tci_of(key).unwrap_or(0);
-                    key.set(VLAN_TCI, u64::from(t | 0x1000));
-                    self.line(i, format!("push_vlan -> {}", tag_desc(Some(t))));
-                }
                 Action::Resubmit { port, table } => {
                     if depth >= MAX_DEPTH {
                         self.line(i, "resubmit: too deep, stopped");
@@ -159,7 +154,27 @@ impl Tracer<'_> {
                     self.table(n, key, indent, depth + 1);
                     return;
                 }
-                other => self.line(i, format!("{other}: not run by this datapath")),
+                Action::Learn(l) => {
+                    let flow = l.instantiate(key);
+                    self.line(i, format!("learn: adds {flow}"));
+                }
+                Action::Note(_) => self.line(i, format!("{a}: nothing to do")),
+                other => match KeyOp::of(&other) {
+                    Some(op) => {
+                        let before = *key;
+                        if op.apply(key) == Verdict::Drop {
+                            self.line(i, format!("{other}: TTL expired, dropping"));
+                            return;
+                        }
+                        let vlan = if before.get(VLAN_TCI) != key.get(VLAN_TCI) {
+                            format!(" -> {}", tag_desc(tci_of(key)))
+                        } else {
+                            String::new()
+                        };
+                        self.line(i, format!("{other}{vlan}"));
+                    }
+                    None => self.line(i, format!("{other}: not run by this datapath")),
+                },
             }
         }
     }
@@ -221,7 +236,7 @@ impl Tracer<'_> {
         };
         for name in targets {
             let out = self.bridge.ports[&name].vlan().egress_tag(vlan, tci);
-            self.emit(indent + 4, &name, out);
+            self.emit(indent + 4, &name, out, key);
         }
     }
 
@@ -263,6 +278,7 @@ pub fn trace(cfg: &Config, bridge: &str, flow: &str, fdb: &[MacEntry]) -> Result
         fdb,
         out: String::new(),
         datapath: Vec::new(),
+        committed: key,
     };
     tr.line(0, format!("Flow: {flow}"));
     tr.line(0, "");
