@@ -24,9 +24,10 @@
 //! `tests::matches_linear_scan` checks lookups against a trivial linear scan on
 //! random rule sets (as Open vSwitch's test-classifier does).
 
-use std::collections::HashMap;
+use std::hash::BuildHasher;
 
 use ahash::RandomState;
+use hashbrown::HashTable;
 
 use crate::flow::FlowKey;
 
@@ -61,6 +62,17 @@ impl Match {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RuleId(u32);
 
+impl RuleId {
+    /// As a plain number (what the flow cache stores), and back.
+    pub fn index(self) -> u32 {
+        self.0
+    }
+
+    pub fn from_index(i: u32) -> RuleId {
+        RuleId(i)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Rule<T> {
     pub m: Match,
@@ -74,8 +86,87 @@ pub struct Rule<T> {
 struct Subtable {
     mask: FlowKey,
     max_priority: u16,
-    buckets: HashMap<FlowKey, Vec<RuleId>, RandomState>,
+    /// The words `mask` touches (others are zero in every masked key): only these
+    /// are hashed and compared.
+    words: Vec<u8>,
+    hasher: RandomState,
+    buckets: HashTable<Bucket>,
     len: usize,
+}
+
+/// The rules of one subtable whose masked key is `value`.
+#[derive(Debug, Clone)]
+struct Bucket {
+    value: FlowKey,
+    rules: Vec<RuleId>,
+}
+
+/// Hash of `key` under `mask`, from the words the mask touches.
+#[inline]
+fn masked_hash(hasher: &RandomState, words: &[u8], mask: &FlowKey, key: &FlowKey) -> u64 {
+    let mut h = hasher.build_hasher();
+    for &w in words {
+        let w = usize::from(w);
+        std::hash::Hasher::write_u64(&mut h, key.0[w] & mask.0[w]);
+    }
+    std::hash::Hasher::finish(&h)
+}
+
+/// Whether `key` under `mask` equals the (masked) `value`, on the words the mask touches.
+#[inline]
+fn masked_eq(words: &[u8], mask: &FlowKey, value: &FlowKey, key: &FlowKey) -> bool {
+    words.iter().all(|&w| {
+        let w = usize::from(w);
+        value.0[w] == key.0[w] & mask.0[w]
+    })
+}
+
+impl Subtable {
+    /// The bucket `key` falls in, if any.
+    #[inline]
+    fn find(&self, key: &FlowKey) -> Option<&Bucket> {
+        let h = masked_hash(&self.hasher, &self.words, &self.mask, key);
+        self.buckets
+            .find(h, |b| masked_eq(&self.words, &self.mask, &b.value, key))
+    }
+
+    /// The bucket of masked value `value`, created empty if needed.
+    fn bucket_mut(&mut self, value: &FlowKey) -> &mut Vec<RuleId> {
+        let Subtable {
+            words,
+            hasher,
+            buckets,
+            mask,
+            ..
+        } = self;
+        let h = masked_hash(hasher, words, mask, value);
+        &mut buckets
+            .entry(
+                h,
+                |b| masked_eq(words, mask, &b.value, value),
+                |b| masked_hash(hasher, words, mask, &b.value),
+            )
+            .or_insert_with(|| Bucket {
+                value: *value,
+                rules: Vec::new(),
+            })
+            .into_mut()
+            .rules
+    }
+
+    fn remove_from_bucket(&mut self, value: &FlowKey, id: RuleId) {
+        let h = masked_hash(&self.hasher, &self.words, &self.mask, value);
+        let (words, mask) = (&self.words, &self.mask);
+        if let Ok(mut e) = self
+            .buckets
+            .find_entry(h, |b| masked_eq(words, mask, &b.value, value))
+        {
+            e.get_mut().rules.retain(|&r| r != id);
+            if e.get().rules.is_empty() {
+                e.remove();
+            }
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -163,14 +254,18 @@ impl<T> Classifier<T> {
                 self.subtables.push(Subtable {
                     mask: m.mask,
                     max_priority: priority,
-                    buckets: HashMap::default(),
+                    words: (0..m.mask.0.len() as u8)
+                        .filter(|&w| m.mask.0[usize::from(w)] != 0)
+                        .collect(),
+                    hasher: RandomState::new(),
+                    buckets: HashTable::new(),
                     len: 0,
                 });
                 self.subtables.len() - 1
             }
         };
         let order = self.key_order(id);
-        let bucket = self.subtables[si].buckets.entry(m.value).or_default();
+        let bucket = self.subtables[si].bucket_mut(&m.value);
         let pos = bucket.partition_point(|&other| {
             let r = self.rules[other.0 as usize].as_ref().unwrap();
             (std::cmp::Reverse(r.priority), r.seq) < order
@@ -191,12 +286,7 @@ impl<T> Classifier<T> {
         self.len -= 1;
         if let Some(si) = self.subtables.iter().position(|s| s.mask == rule.m.mask) {
             let st = &mut self.subtables[si];
-            if let Some(bucket) = st.buckets.get_mut(&rule.m.value) {
-                bucket.retain(|&r| r != id);
-                if bucket.is_empty() {
-                    st.buckets.remove(&rule.m.value);
-                }
-            }
+            st.remove_from_bucket(&rule.m.value, id);
             st.len -= 1;
             if st.len == 0 {
                 self.subtables.remove(si);
@@ -205,8 +295,8 @@ impl<T> Classifier<T> {
                 let st = &mut self.subtables[si];
                 st.max_priority = st
                     .buckets
-                    .values()
-                    .filter_map(|b| b.first())
+                    .iter()
+                    .filter_map(|b| b.rules.first())
                     .map(|&r| rules[r.0 as usize].as_ref().unwrap().priority)
                     .max()
                     .unwrap_or(0);
@@ -231,10 +321,10 @@ impl<T> Classifier<T> {
                     break;
                 }
             }
-            let Some(bucket) = st.buckets.get(&key.and(&st.mask)) else {
+            let Some(bucket) = st.find(key) else {
                 continue;
             };
-            let id = bucket[0];
+            let id = bucket.rules[0];
             let r = self.rules[id.0 as usize].as_ref().unwrap();
             let better = match best {
                 None => true,

@@ -18,8 +18,25 @@ use crate::PortNo;
 pub const FLOW_WORDS: usize = 20;
 
 /// A flow key (or, with the same layout, a mask).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Default, Debug, PartialOrd, Ord)]
+#[derive(Clone, Copy, PartialEq, Eq, Default, Debug, PartialOrd, Ord)]
 pub struct FlowKey(pub [u64; FLOW_WORDS]);
+
+/// Hashes only the non-zero words (and which they are). A masked key — what the
+/// classifier's subtables and the flow cache hash — is mostly zeros: a typical
+/// mask touches 2–5 of the 20 words, so this hashes a fraction of the key.
+impl std::hash::Hash for FlowKey {
+    #[inline]
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        let mut present = 0u32;
+        for (i, &w) in self.0.iter().enumerate() {
+            if w != 0 {
+                present |= 1 << i;
+                state.write_u64(w);
+            }
+        }
+        state.write_u32(present);
+    }
+}
 
 /// Where a field lives in a [`FlowKey`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

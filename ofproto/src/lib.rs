@@ -13,6 +13,7 @@ pub mod checksum;
 pub mod classifier;
 pub mod ethernet;
 pub mod flow;
+pub mod flow_cache;
 pub mod flow_syntax;
 pub mod gso;
 pub mod mac;

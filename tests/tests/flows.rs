@@ -73,6 +73,12 @@ fn a_flow_drops_ssh_while_ping_and_other_tcp_pass() {
     assert!(tcp_connects(&a, &b, 2222), "other TCP blocked");
     let rows = flows(&d, &br);
     assert!(flow_with(&rows, "tp_dst=22")["n_packets"].as_u64().unwrap() >= 1);
+    // Every echo request has the same flow key, so the datapath's flow cache holds
+    // "NORMAL" for it now; a new flow must override that at once.
+    d.vsctl_ok(&["add-flow", &br, "priority=300,icmp,actions=drop"]);
+    assert!(!a.ping(&b.ip), "a cached decision outlived a flow change");
+    d.vsctl_ok(&["del-flows", &br, "icmp"]);
+    assert!(a.ping(&b.ip));
     // Deleting the flow restores ssh.
     d.vsctl_ok(&["del-flows", &br, "tcp,tp_dst=22"]);
     assert!(

@@ -41,8 +41,10 @@ use crate::netdev::{Netdev, RxBatch, TxBatch, TxStore, BATCH};
 use crate::pipeline::{ActionRt, Pipeline, MAX_RESUBMIT_DEPTH};
 use crate::stats::PortStats;
 use ofproto::actions::Verdict;
+use ofproto::classifier::RuleId;
 use ofproto::flow::{FlowKey, VLAN_TCI};
 use ofproto::flow::{DL_DST, DL_SRC};
+use ofproto::flow_cache::FlowCache;
 use ofproto::flow_syntax::{LearnItem, LearnSpec};
 
 /// How deep a frame may travel through chained patch ports (a loop of patch pairs
@@ -86,6 +88,11 @@ struct TxItem {
     head: u16,
     tag: Option<u16>,
 }
+
+/// Flow-cache slots: ~700 KiB, touched only as flows arrive.
+const FLOW_CACHE_ENTRIES: usize = 4096;
+/// A cached "no rule matched".
+const NO_RULE: u32 = u32::MAX;
 
 /// `Pkt::head` when the frame's headers are as received.
 const NO_HEAD: u16 = u16::MAX;
@@ -255,6 +262,8 @@ struct Worker {
     /// every packet of a stream must not flood the control side.
     learn_sent: HashMap<u64, u64>,
     learn_hasher: std::collections::hash_map::RandomState,
+    /// Classifier decisions by (bridge, table, key); emptied on every reconfiguration.
+    cache: FlowCache,
     epoch: Instant,
     now: u64,
     last_expire: u64,
@@ -287,6 +296,7 @@ impl Worker {
             learned,
             learn_sent: HashMap::new(),
             learn_hasher: Default::default(),
+            cache: FlowCache::new(FLOW_CACHE_ENTRIES),
             epoch: crate::pipeline::epoch(),
             now: 0,
             last_expire: 0,
@@ -406,6 +416,8 @@ impl Worker {
             q.clear();
         }
         self.pending.clear();
+        // New flow tables (or none): every cached decision is stale.
+        self.cache.invalidate();
         debug!(
             ports = snap.ports.len(),
             bridges = snap.bridges.len(),
@@ -552,7 +564,23 @@ impl Worker {
             ts.lookups
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
-        let Some((_, rule)) = pl.table(table).and_then(|c| c.lookup(&st.key)) else {
+        let Some(cls) = pl.table(table) else {
+            return;
+        };
+        // The flow cache first: one probe instead of one per subtable.
+        let tag = (snap.ports[pkt.in_port].bridge as u32) << 8 | u32::from(table);
+        let h = self.cache.hash(tag, &st.key);
+        let found = match self.cache.get(h, tag, &st.key) {
+            Some(NO_RULE) => None,
+            Some(id) => cls.get(RuleId::from_index(id)),
+            None => {
+                let r = cls.lookup(&st.key);
+                let id = r.map_or(NO_RULE, |(id, _)| id.index());
+                self.cache.put(h, tag, &st.key, id);
+                r.map(|(_, rule)| rule)
+            }
+        };
+        let Some(rule) = found else {
             return;
         };
         if let Some(ts) = ts {
