@@ -45,6 +45,16 @@ fn bench(c: &mut Criterion) {
             })
         });
     }
+    // The parts, for the profile: key extraction alone.
+    let fs = frames(1024);
+    g.throughput(Throughput::Elements(1024));
+    g.bench_with_input(BenchmarkId::new("extract_only", 1024), &fs, |b, fs| {
+        b.iter(|| {
+            for f in fs {
+                black_box(FlowKey::extract(black_box(f), 1));
+            }
+        })
+    });
     g.finish();
 }
 
