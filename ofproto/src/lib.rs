@@ -20,6 +20,7 @@ pub mod mac;
 pub mod mac_learning;
 pub mod normal;
 pub mod rewrite;
+pub mod tunnel;
 pub mod vlan;
 pub mod vnet_hdr;
 

@@ -143,6 +143,8 @@ pub struct Host {
     pub port: String,
     pub ip: String,
     pub mac: String,
+    /// The namespace `port` lives in, when not the root one.
+    parent: Option<String>,
 }
 
 impl Host {
@@ -165,7 +167,18 @@ impl Host {
             port,
             ip: ip_cidr.split('/').next().unwrap().to_string(),
             mac,
+            parent: None,
         }
+    }
+
+    /// A host whose switch-side port lives in namespace `parent` (a hypervisor)
+    /// instead of the root namespace.
+    pub fn new_in(tag: &str, ip_cidr: &str, parent: &Netns) -> Host {
+        let mut h = Host::new(tag, ip_cidr);
+        sh_ok(&format!("ip link set {} netns {}", h.port, parent.name));
+        parent.exec_ok(&format!("ip link set {} up", h.port));
+        h.parent = Some(parent.name.clone());
+        h
     }
 
     pub fn ping(&self, ip: &str) -> bool {
@@ -185,7 +198,10 @@ impl Host {
 
 impl Drop for Host {
     fn drop(&mut self) {
-        let _ = sh(&format!("ip link del {}", self.port));
+        let _ = match &self.parent {
+            Some(p) => sh(&format!("ip -n {p} link del {}", self.port)),
+            None => sh(&format!("ip link del {}", self.port)),
+        };
     }
 }
 
@@ -193,13 +209,29 @@ impl Drop for Host {
 pub struct Daemon {
     pub dir: PathBuf,
     pid: Option<i32>,
+    /// The namespace it runs in (a "hypervisor"), or `None` for the root namespace.
+    netns: Option<String>,
 }
 
 impl Daemon {
     pub fn start() -> Daemon {
+        Daemon::start_opt(None)
+    }
+
+    /// A daemon running inside `ns`, as one hypervisor among several: its devices
+    /// and tunnel sockets live there. vsctl still reaches it through its socket file.
+    pub fn start_in(ns: &Netns) -> Daemon {
+        Daemon::start_opt(Some(ns.name.clone()))
+    }
+
+    fn start_opt(netns: Option<String>) -> Daemon {
         let dir = std::env::temp_dir().join(format!("vswitch-test-{}", uniq("d")));
         std::fs::create_dir_all(&dir).unwrap();
-        let mut d = Daemon { dir, pid: None };
+        let mut d = Daemon {
+            dir,
+            pid: None,
+            netns,
+        };
         d.launch();
         d
     }
@@ -210,7 +242,15 @@ impl Daemon {
 
     /// Starts the daemon with `--detach`, which returns once the socket accepts commands.
     pub fn launch(&mut self) {
-        let out = Command::new(bin("vswitchd"))
+        let mut cmd = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(bin("vswitchd"));
+                c
+            }
+            None => Command::new(bin("vswitchd")),
+        };
+        let out = cmd
             .arg("--rundir")
             .arg(&self.dir)
             .arg("--db")

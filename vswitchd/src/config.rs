@@ -147,6 +147,10 @@ pub enum IfaceType {
     Internal,
     /// One end of an in-process link to another bridge (`options:peer`).
     Patch,
+    /// A VXLAN tunnel (UDP), done in userspace.
+    Vxlan,
+    /// A GRE tunnel (IP protocol 47), done in userspace over a raw socket.
+    Gre,
 }
 
 impl IfaceType {
@@ -155,6 +159,8 @@ impl IfaceType {
             "" | "system" => Some(IfaceType::System),
             "internal" => Some(IfaceType::Internal),
             "patch" => Some(IfaceType::Patch),
+            "vxlan" => Some(IfaceType::Vxlan),
+            "gre" => Some(IfaceType::Gre),
             _ => None,
         }
     }
@@ -166,6 +172,8 @@ impl fmt::Display for IfaceType {
             IfaceType::System => "system",
             IfaceType::Internal => "internal",
             IfaceType::Patch => "patch",
+            IfaceType::Vxlan => "vxlan",
+            IfaceType::Gre => "gre",
         })
     }
 }
@@ -184,6 +192,23 @@ pub struct Interface {
     /// the same port across restarts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ofport: Option<PortNo>,
+}
+
+impl Interface {
+    /// The tunnel kind of a `vxlan` or `gre` interface.
+    pub fn tunnel_kind(&self) -> Option<crate::netdev::tunnel::TunnelKind> {
+        use crate::netdev::tunnel::TunnelKind;
+        match self.kind {
+            IfaceType::Vxlan => Some(TunnelKind::Vxlan),
+            IfaceType::Gre => Some(TunnelKind::Gre),
+            _ => None,
+        }
+    }
+
+    /// The checked options of a tunnel interface.
+    pub fn tunnel(&self) -> Option<crate::tunnel::TunnelConfig> {
+        crate::tunnel::TunnelConfig::parse(self.tunnel_kind()?, &self.options).ok()
+    }
 }
 
 /// Why a change was refused. Messages follow ovs-vsctl's wording where it has one.
@@ -767,6 +792,28 @@ impl Config {
                         Some(_) => {}
                     }
                 }
+                if let Some(kind) = i.tunnel_kind() {
+                    crate::tunnel::TunnelConfig::parse(kind, &i.options).map_err(
+                        |(opt, reason)| ConfigError::BadValue {
+                            table: "Interface",
+                            column: format!("options:{opt}"),
+                            reason: format!("{pname}: {reason}"),
+                        },
+                    )?;
+                } else if let Some(k) = i
+                    .options
+                    .keys()
+                    .find(|k| crate::tunnel::KNOWN_OPTIONS.contains(&k.as_str()))
+                {
+                    return Err(ConfigError::BadValue {
+                        table: "Interface",
+                        column: format!("options:{k}"),
+                        reason: format!(
+                            "{pname}: a tunnel option on a {} interface (set type=vxlan or gre)",
+                            i.kind
+                        ),
+                    });
+                }
                 if let Some(req) = i.ofport_request {
                     if let Some(other) = requested.insert(req, pname) {
                         return Err(ConfigError::OfportTaken {
@@ -917,19 +964,25 @@ fn set_iface_column(i: &mut Interface, s: &Setting) -> Result<(), ConfigError> {
                 table: "Interface",
                 column: "type".into(),
                 reason: format!(
-                    "unknown interface type \"{}\" (expected system, internal or patch)",
+                    "unknown interface type \"{}\" (expected system, internal, patch, vxlan or gre)",
                     s.value
                 ),
             })?;
             Ok(())
         }
         "options" => {
-            if let (Some(k), false) = (&s.key, matches!(s.key.as_deref(), Some("peer" | "offload")))
-            {
+            let known = |k: &str| {
+                matches!(k, "peer" | "offload") || crate::tunnel::KNOWN_OPTIONS.contains(&k)
+            };
+            if let Some(k) = s.key.as_deref().filter(|k| !known(k)) {
                 return Err(ConfigError::BadValue {
                     table: "Interface",
                     column: format!("options:{k}"),
-                    reason: "unknown option (this switch knows options:peer for patch ports and options:offload)".into(),
+                    reason: format!(
+                        "unknown option (this switch knows options:peer for patch ports, \
+                         options:offload, and for tunnels options:{})",
+                        crate::tunnel::KNOWN_OPTIONS.join(", options:")
+                    ),
                 });
             }
             if s.key.as_deref() == Some("offload") && !matches!(s.value.as_str(), "true" | "false")

@@ -40,7 +40,14 @@ use crate::netdev::poll::{Epoll, EventFd};
 use crate::netdev::{Netdev, RxBatch, TxBatch, TxStore, BATCH};
 use crate::pipeline::{ActionRt, Pipeline, MAX_RESUBMIT_DEPTH};
 use crate::stats::PortStats;
+use std::net::Ipv4Addr;
+
 use ofproto::actions::Verdict;
+use ofproto::flow::{TUN_DST, TUN_ID, TUN_SRC};
+use ofproto::tunnel::TunnelDemux;
+
+use crate::netdev::tunnel::{sockaddr, RxMeta, TunnelRx, TunnelTx};
+use crate::tunnel::TunnelConfig;
 use ofproto::classifier::RuleId;
 use ofproto::flow::{FlowKey, VLAN_TCI};
 use ofproto::flow::{DL_DST, DL_SRC};
@@ -53,6 +60,8 @@ const MAX_PATCH_DEPTH: u8 = 8;
 /// Batches read from one port before giving the others a turn.
 const BATCHES_PER_WAKEUP: usize = 4;
 const WAKE_TOKEN: u64 = u64::MAX;
+/// Epoll tokens from here on are tunnel endpoints (index + this); below, ports.
+const ENDPOINT_TOKEN: u64 = 1 << 32;
 /// Segments per flush the arenas are sized for up front: a full batch of 64 KiB
 /// super-frames cut at an MSS of 512 or more. Sized once so that steady-state
 /// forwarding never grows them (pages not yet touched cost no memory).
@@ -65,8 +74,28 @@ pub enum PortKind {
     Patch {
         peer: Option<usize>,
     },
+    /// A VXLAN or GRE port: sends through the shared raw socket; receives through
+    /// its endpoint in [`Snapshot::endpoints`].
+    Tunnel(TunnelOut),
     /// Configured, but its device is missing or failed; frames to it are dropped.
     Absent,
+}
+
+pub struct TunnelOut {
+    pub cfg: TunnelConfig,
+    pub tx: Arc<TunnelTx>,
+}
+
+/// A tunnel receive socket and the ports it delivers to.
+pub struct EndpointRt {
+    pub rx: Arc<TunnelRx>,
+    pub demux: TunnelDemux<usize>,
+}
+
+impl PortKind {
+    fn is_tunnel(&self) -> bool {
+        matches!(self, PortKind::Tunnel(_))
+    }
 }
 
 pub struct PortRt {
@@ -87,7 +116,21 @@ struct TxItem {
     slot: u16,
     head: u16,
     tag: Option<u16>,
+    /// Tunnel ports: the key (VNI) and the remote address to send to.
+    tun_key: u32,
+    tun_dst: Ipv4Addr,
 }
+
+/// Tunnel metadata a frame carries: what it arrived with, then what flows set.
+#[derive(Clone, Copy, Default)]
+struct TunMeta {
+    id: u64,
+    src: u32,
+    dst: u32,
+}
+
+/// Bytes reserved per outer header when sending on a tunnel.
+const OUTER_STRIDE: usize = 64;
 
 /// Flow-cache slots: ~700 KiB, touched only as flows arrive.
 const FLOW_CACHE_ENTRIES: usize = 4096;
@@ -114,6 +157,7 @@ struct Pkt {
     in_port: usize,
     /// Patch ports crossed so far.
     depth: u8,
+    tun: TunMeta,
 }
 
 /// What the pipeline knows about a frame as its actions run.
@@ -159,6 +203,7 @@ pub struct BridgeRt {
 pub struct Snapshot {
     pub ports: Vec<PortRt>,
     pub bridges: Vec<BridgeRt>,
+    pub endpoints: Vec<EndpointRt>,
 }
 
 pub enum Cmd {
@@ -264,6 +309,15 @@ struct Worker {
     learn_hasher: std::collections::hash_map::RandomState,
     /// Classifier decisions by (bridge, table, key); emptied on every reconfiguration.
     cache: FlowCache,
+    /// Outer headers of the tunnel packets being received.
+    tun_rx: [RxMeta; BATCH],
+    /// Tunnel packets from addresses no tunnel port has as its remote.
+    tun_strangers: u64,
+    /// Outer headers of the tunnel packets being sent, and their destinations.
+    outer: Vec<u8>,
+    dests: Vec<libc::sockaddr_in>,
+    /// Per range in `seg_ranges`: the queued item it came from.
+    seg_items: Vec<u16>,
     epoch: Instant,
     now: u64,
     last_expire: u64,
@@ -297,6 +351,11 @@ impl Worker {
             learn_sent: HashMap::new(),
             learn_hasher: Default::default(),
             cache: FlowCache::new(FLOW_CACHE_ENTRIES),
+            tun_rx: [RxMeta::default(); BATCH],
+            tun_strangers: 0,
+            outer: Vec::with_capacity(PREALLOC_SEGMENTS * OUTER_STRIDE),
+            dests: Vec::with_capacity(PREALLOC_SEGMENTS),
+            seg_items: Vec::with_capacity(PREALLOC_SEGMENTS),
             epoch: crate::pipeline::epoch(),
             now: 0,
             last_expire: 0,
@@ -322,6 +381,8 @@ impl Worker {
                     if !self.handle_cmds() {
                         return;
                     }
+                } else if token >= ENDPOINT_TOKEN {
+                    self.poll_endpoint((token - ENDPOINT_TOKEN) as usize);
                 } else {
                     self.poll_port(token as usize);
                 }
@@ -405,6 +466,11 @@ impl Worker {
                         }
                     }
                 }
+                for (i, t) in snap.endpoints.iter().enumerate() {
+                    if let Err(e) = ep.add(t.rx.fd(), ENDPOINT_TOKEN + i as u64) {
+                        warn!("datapath: cannot poll a tunnel socket: {e}");
+                    }
+                }
                 self.epoll = ep;
             }
             Err(e) => warn!("datapath: cannot create epoll set: {e}"),
@@ -474,12 +540,81 @@ impl Worker {
                     dst: eth.dst(),
                     in_port: port,
                     depth: 0,
+                    tun: TunMeta::default(),
                 };
                 if !self.ingress(&snap, pkt) {
                     c.dropped += 1;
                 }
             }
             p.stats.add_rx(c.packets, c.bytes, c.dropped, c.errors);
+            self.flush(&snap);
+            if n < BATCH {
+                return;
+            }
+        }
+    }
+
+    /// Reads tunnel packets from endpoint `ep`: each is decapsulated in place and
+    /// enters the bridge of the port its outer source and key belong to. Counters
+    /// are per frame here, since one batch feeds several ports.
+    fn poll_endpoint(&mut self, ep: usize) {
+        let snap = self.snap.clone();
+        let Some(e) = snap.endpoints.get(ep) else {
+            return;
+        };
+        for _ in 0..BATCHES_PER_WAKEUP {
+            let n = match e.rx.recv(&mut self.rx, &mut self.tun_rx) {
+                Ok(0) => return,
+                Ok(n) => n,
+                Err(err) => {
+                    warn!("tunnel socket: receive failed: {err}");
+                    return;
+                }
+            };
+            for i in 0..n {
+                let m = self.tun_rx[i];
+                let port = match m.err {
+                    None => e.demux.lookup(m.src, m.dst, m.key),
+                    Some(_) => None,
+                };
+                let Some(port) = port else {
+                    // A malformed packet, or a key no port takes, from a known peer is
+                    // that peer's port's drop; from a stranger, only a count.
+                    match e.demux.knows_remote(m.src) {
+                        Some(p) if m.err.is_some() => snap.ports[p].stats.add_rx(0, 0, 0, 1),
+                        Some(p) => snap.ports[p].stats.add_rx(0, 0, 1, 0),
+                        None => self.tun_strangers += 1,
+                    }
+                    continue;
+                };
+                let stats = &snap.ports[port].stats;
+                let slot = self.rx.slot(i);
+                if self.rx.truncated(i) || slot.len() < VNET_HDR_LEN {
+                    stats.add_rx(0, 0, 0, 1);
+                    continue;
+                }
+                let Ok(eth) = EthernetFrame::new_checked(&slot[VNET_HDR_LEN..]) else {
+                    stats.add_rx(0, 0, 0, 1);
+                    continue;
+                };
+                let bytes = (slot.len() - VNET_HDR_LEN) as u64;
+                let pkt = Pkt {
+                    slot: i as u16,
+                    head: NO_HEAD,
+                    tci: eth.vlan_tci(),
+                    src: eth.src(),
+                    dst: eth.dst(),
+                    in_port: port,
+                    depth: 0,
+                    tun: TunMeta {
+                        id: u64::from(m.key),
+                        src: u32::from(m.src),
+                        dst: u32::from(m.dst),
+                    },
+                };
+                let admitted = self.ingress(&snap, pkt);
+                stats.add_rx(1, bytes, u64::from(!admitted), 0);
+            }
             self.flush(&snap);
             if n < BATCH {
                 return;
@@ -507,6 +642,9 @@ impl Worker {
                 let mut key = FlowKey::extract(&first[VNET_HDR_LEN..], p.ofport);
                 // The tag it would leave with, which a patch port's peer may have changed.
                 key.set(VLAN_TCI, tci_key(pkt.tci));
+                key.set(TUN_ID, pkt.tun.id);
+                key.set(TUN_SRC, u64::from(pkt.tun.src));
+                key.set(TUN_DST, u64::from(pkt.tun.dst));
                 let mut st = FlowState {
                     key,
                     committed: key,
@@ -522,6 +660,11 @@ impl Worker {
     /// with, and rewritten headers (a fresh copy, so earlier outputs keep theirs).
     fn sync(&mut self, pkt: &mut Pkt, st: &mut FlowState) {
         pkt.tci = key_tci(&st.key);
+        pkt.tun = TunMeta {
+            id: st.key.get(TUN_ID),
+            src: st.key.get(TUN_SRC) as u32,
+            dst: st.key.get(TUN_DST) as u32,
+        };
         if !ofproto::rewrite::differs(&st.committed, &st.key) {
             return;
         }
@@ -607,7 +750,7 @@ impl Worker {
                 ActionRt::Flood | ActionRt::All => {
                     self.sync(pkt, st);
                     for &out in &br.ports {
-                        if out != pkt.in_port {
+                        if out != pkt.in_port && !split_horizon(snap, pkt.in_port, out) {
                             self.emit(snap, pkt, out, pkt.tci);
                         }
                     }
@@ -701,7 +844,10 @@ impl Worker {
             },
             Normal::Flood => {
                 for &out in &br.ports {
-                    if out != pkt.in_port && snap.ports[out].vlan.carries(vlan) {
+                    if out != pkt.in_port
+                        && snap.ports[out].vlan.carries(vlan)
+                        && !split_horizon(snap, pkt.in_port, out)
+                    {
                         let tag = snap.ports[out].vlan.egress_tag(vlan, pkt.tci);
                         self.emit(snap, &pkt, out, tag);
                     }
@@ -726,18 +872,42 @@ impl Worker {
                     slot: pkt.slot,
                     head: pkt.head,
                     tag,
+                    tun_key: 0,
+                    tun_dst: Ipv4Addr::UNSPECIFIED,
+                });
+            }
+            PortKind::Tunnel(t) => {
+                // A port with `key=flow` / `remote_ip=flow` takes them from the flow.
+                let key = t.cfg.key.unwrap_or(pkt.tun.id as u32);
+                let dst = t.cfg.remote.unwrap_or(Ipv4Addr::from(pkt.tun.dst));
+                if dst.is_unspecified() {
+                    p.stats.add_tx(0, 0, 1, 0);
+                    return;
+                }
+                let q = &mut self.txq[out];
+                if q.is_empty() {
+                    self.pending.push(out);
+                }
+                q.push(TxItem {
+                    slot: pkt.slot,
+                    head: pkt.head,
+                    tag,
+                    tun_key: key,
+                    tun_dst: dst,
                 });
             }
             PortKind::Patch { peer: Some(peer) } if pkt.depth < MAX_PATCH_DEPTH => {
                 let len = (self.rx.slot(usize::from(pkt.slot)).len() - VNET_HDR_LEN) as u64;
                 p.stats.add_tx(1, len, 0, 0);
                 // The frame enters the peer bridge as it would have left this port.
+                // Tunnel metadata does not cross a patch port (as in Open vSwitch).
                 let admitted = self.ingress(
                     snap,
                     Pkt {
                         tci: tag,
                         in_port: *peer,
                         depth: pkt.depth + 1,
+                        tun: TunMeta::default(),
                         ..*pkt
                     },
                 );
@@ -751,13 +921,11 @@ impl Worker {
 
     /// Sends every queued frame, one send call per port.
     fn flush(&mut self, snap: &Snapshot) {
-        for &out in &self.pending {
+        let pending = std::mem::take(&mut self.pending);
+        for &out in &pending {
             let p = &snap.ports[out];
-            let PortKind::Device(dev) = &p.kind else {
-                continue;
-            };
-            let q = &mut self.txq[out];
-            let mut errors = 0;
+            // Owned for the loop (a move, not a copy), so helpers can borrow `self`.
+            let q = std::mem::take(&mut self.txq[out]);
             // First pass: one Retag per queued frame (each frame's tag parsed once).
             // Done before any iovec points into `retags`, so its growth cannot move them.
             self.retags.clear();
@@ -767,77 +935,129 @@ impl Worker {
                 self.retags.push(retag(first, item.tag));
             }
             let mut tx = TxBatch::new(std::mem::take(&mut self.tx_store));
-            if dev.takes_vnet_hdr() {
-                for (item, rt) in q.iter().zip(&self.retags) {
-                    let (first, rest) =
-                        frame_view(&self.rx, &self.heads, &self.head_lens, item.slot, item.head);
-                    match (rt, item.head) {
-                        (None, NO_HEAD) => tx.push(first),
-                        (None, _) => tx.push_parts(&[first, rest]),
-                        (Some(r), _) => tx.push_parts(&[
-                            &r.prefix[..usize::from(r.len)],
-                            &first[usize::from(r.rest_at)..],
-                            rest,
-                        ]),
-                    }
-                }
-            } else {
-                // This port cannot take offloaded frames: finish them here.
-                self.seg_buf.clear();
-                self.seg_ranges.clear();
-                for (item, rt) in q.iter().zip(&self.retags) {
-                    let (first, rest) =
-                        frame_view(&self.rx, &self.heads, &self.head_lens, item.slot, item.head);
-                    let whole: &[u8] = match (rt, item.head) {
-                        (None, NO_HEAD) => first,
-                        _ => {
-                            // Materialize the frame whole: segmentation needs it contiguous.
-                            let (prefix, from): (&[u8], usize) = match rt {
-                                Some(r) => {
-                                    (&r.prefix[..usize::from(r.len)], usize::from(r.rest_at))
-                                }
-                                None => (&[], 0),
-                            };
-                            self.tag_buf.clear();
-                            self.tag_buf.extend_from_slice(prefix);
-                            self.tag_buf.extend_from_slice(&first[from..]);
-                            self.tag_buf.extend_from_slice(rest);
-                            &self.tag_buf
-                        }
-                    };
-                    let hdr = VnetHdr::parse(whole[..VNET_HDR_LEN].try_into().unwrap());
-                    let frame = &whole[VNET_HDR_LEN..];
-                    if hdr.is_gso() {
-                        if gso::segment(frame, &hdr, &mut self.seg_buf, &mut self.seg_ranges)
-                            .is_err()
-                        {
-                            errors += 1;
-                        }
-                    } else {
-                        let start = self.seg_buf.len();
-                        self.seg_buf.extend_from_slice(frame);
-                        if gso::finish_checksum(&mut self.seg_buf[start..], &hdr).is_err() {
-                            self.seg_buf.truncate(start);
-                            errors += 1;
-                        } else {
-                            self.seg_ranges.push(start..self.seg_buf.len());
+            let (r, errors) = match &p.kind {
+                PortKind::Device(dev) if dev.takes_vnet_hdr() => {
+                    for (item, rt) in q.iter().zip(&self.retags) {
+                        let (first, rest) = frame_view(
+                            &self.rx,
+                            &self.heads,
+                            &self.head_lens,
+                            item.slot,
+                            item.head,
+                        );
+                        match (rt, item.head) {
+                            (None, NO_HEAD) => tx.push(first),
+                            (None, _) => tx.push_parts(&[first, rest]),
+                            (Some(r), _) => tx.push_parts(&[
+                                &r.prefix[..usize::from(r.len)],
+                                &first[usize::from(r.rest_at)..],
+                                rest,
+                            ]),
                         }
                     }
+                    (dev.send(&tx), 0)
                 }
-                for r in &self.seg_ranges {
-                    tx.push(&self.seg_buf[r.clone()]);
+                PortKind::Device(dev) => {
+                    // This port cannot take offloaded frames: finish them here.
+                    let errors = self.finish(&q);
+                    for r in &self.seg_ranges {
+                        tx.push(&self.seg_buf[r.clone()]);
+                    }
+                    (dev.send(&tx), errors)
                 }
-            }
-            let r = dev.send(&tx);
+                PortKind::Tunnel(t) => {
+                    // Tunnels carry finished frames (no offloads across the underlay),
+                    // each behind outer headers written here.
+                    let errors = self.finish(&q);
+                    let len = t.cfg.outer_len();
+                    self.outer.clear();
+                    self.dests.clear();
+                    for (r, &item) in self.seg_ranges.iter().zip(&self.seg_items) {
+                        let item = q[usize::from(item)];
+                        let at = self.outer.len();
+                        self.outer.resize(at + OUTER_STRIDE, 0);
+                        t.cfg.write_outer(
+                            &mut self.outer[at..at + len],
+                            item.tun_key,
+                            item.tun_dst,
+                            &self.seg_buf[r.clone()],
+                        );
+                        self.dests.push(sockaddr(item.tun_dst, 0));
+                    }
+                    for (i, r) in self.seg_ranges.iter().enumerate() {
+                        let at = i * OUTER_STRIDE;
+                        tx.push_parts(&[&self.outer[at..at + len], &self.seg_buf[r.clone()]]);
+                    }
+                    (t.tx.send(&tx, &self.dests, len), errors)
+                }
+                _ => (Default::default(), 0),
+            };
             p.stats
                 .add_tx(r.sent, r.bytes, r.dropped, r.errors + errors);
             self.tx_store = tx.into_store();
-            q.clear();
+            self.txq[out] = q;
+            self.txq[out].clear();
         }
+        self.pending = pending;
         self.pending.clear();
         self.heads.clear();
         self.head_lens.clear();
     }
+
+    /// Turns queued frames into finished frames in `seg_buf` (checksums completed,
+    /// super-frames segmented), for ports that cannot take offloads. `seg_items`
+    /// says which queued frame each finished one came from. Returns how many frames
+    /// could not be finished.
+    fn finish(&mut self, q: &[TxItem]) -> u64 {
+        let mut errors = 0;
+        self.seg_buf.clear();
+        self.seg_ranges.clear();
+        self.seg_items.clear();
+        for (idx, (item, rt)) in q.iter().zip(&self.retags).enumerate() {
+            let (first, rest) =
+                frame_view(&self.rx, &self.heads, &self.head_lens, item.slot, item.head);
+            let whole: &[u8] = match (rt, item.head) {
+                (None, NO_HEAD) => first,
+                _ => {
+                    // Materialize the frame whole: segmentation needs it contiguous.
+                    let (prefix, from): (&[u8], usize) = match rt {
+                        Some(r) => (&r.prefix[..usize::from(r.len)], usize::from(r.rest_at)),
+                        None => (&[], 0),
+                    };
+                    self.tag_buf.clear();
+                    self.tag_buf.extend_from_slice(prefix);
+                    self.tag_buf.extend_from_slice(&first[from..]);
+                    self.tag_buf.extend_from_slice(rest);
+                    &self.tag_buf
+                }
+            };
+            let hdr = VnetHdr::parse(whole[..VNET_HDR_LEN].try_into().unwrap());
+            let frame = &whole[VNET_HDR_LEN..];
+            if hdr.is_gso() {
+                if gso::segment(frame, &hdr, &mut self.seg_buf, &mut self.seg_ranges).is_err() {
+                    errors += 1;
+                }
+            } else {
+                let start = self.seg_buf.len();
+                self.seg_buf.extend_from_slice(frame);
+                if gso::finish_checksum(&mut self.seg_buf[start..], &hdr).is_err() {
+                    self.seg_buf.truncate(start);
+                    errors += 1;
+                } else {
+                    self.seg_ranges.push(start..self.seg_buf.len());
+                }
+            }
+            self.seg_items.resize(self.seg_ranges.len(), idx as u16);
+        }
+        errors
+    }
+}
+
+/// Split horizon: a frame that came in on a tunnel never floods out of another, so
+/// a full mesh of hypervisors has no loops.
+#[inline]
+fn split_horizon(snap: &Snapshot, in_port: usize, out: usize) -> bool {
+    snap.ports[in_port].kind.is_tunnel() && snap.ports[out].kind.is_tunnel()
 }
 
 /// A frame's bytes as they are now: its rewritten headers (or the slot's start, whole),

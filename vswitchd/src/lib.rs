@@ -12,3 +12,4 @@ pub mod reconcile;
 pub mod rpc;
 pub mod stats;
 pub mod trace;
+pub mod tunnel;

@@ -13,9 +13,14 @@ use std::sync::Arc;
 use tracing::{info, warn};
 
 use crate::config::{Config, IfaceType};
-use crate::datapath::{BridgeRt, PortKind, PortRt, Snapshot};
+use std::net::Ipv4Addr;
+
+use ofproto::tunnel::TunnelDemux;
+
+use crate::datapath::{BridgeRt, EndpointRt, PortKind, PortRt, Snapshot, TunnelOut};
 use crate::netdev::afpacket::PacketSocket;
 use crate::netdev::tap::Tap;
+use crate::netdev::tunnel::{TunnelKind, TunnelRx, TunnelTx};
 use crate::netdev::{sys, Netdev};
 use crate::pipeline::{self, FlowStatsRegistry};
 use crate::rpc::IfaceStatus;
@@ -41,6 +46,10 @@ pub struct Devices {
     errors: HashMap<String, String>,
     /// Per-flow counters, kept across recompiles of the flow tables.
     pub flow_stats: FlowStatsRegistry,
+    /// Tunnel receive sockets by (kind, local address, UDP port), shared by ports.
+    tunnel_rx: HashMap<(TunnelKind, Option<Ipv4Addr>, u16), Arc<TunnelRx>>,
+    /// The raw socket all tunnel ports send through, opened with the first of them.
+    tunnel_tx: Option<Arc<TunnelTx>>,
 }
 
 fn wanted(cfg: &Config) -> HashMap<&str, OpenedAs> {
@@ -48,7 +57,8 @@ fn wanted(cfg: &Config) -> HashMap<&str, OpenedAs> {
     for b in cfg.bridges.values() {
         for (name, p) in &b.ports {
             let i = &p.interface;
-            if i.kind == IfaceType::Patch {
+            // Patch and tunnel ports have no device of their own.
+            if i.kind == IfaceType::Patch || i.tunnel_kind().is_some() {
                 continue;
             }
             let offload = i.options.get("offload").map(String::as_str) != Some("false");
@@ -96,14 +106,79 @@ impl Devices {
         wanted(cfg).iter().any(|(name, how)| {
             !self.open.contains_key(*name)
                 && (how.kind == IfaceType::Internal || sys::ifindex(name).is_ok())
+        }) || cfg.bridges.values().any(|b| {
+            b.ports
+                .iter()
+                .any(|(n, p)| p.interface.tunnel_kind().is_some() && self.errors.contains_key(n))
         })
+    }
+
+    /// Opens the sockets tunnel ports need and closes the ones no port needs any
+    /// more; a port whose socket cannot be opened gets the error. Returns whether
+    /// anything opened.
+    fn open_tunnels(&mut self, cfg: &Config) -> bool {
+        let mut changed = false;
+        let mut needed = std::collections::HashSet::new();
+        for b in cfg.bridges.values() {
+            for (name, p) in &b.ports {
+                let Some(t) = p.interface.tunnel() else {
+                    continue;
+                };
+                let tx = match &self.tunnel_tx {
+                    Some(tx) => Ok(tx.clone()),
+                    None => TunnelTx::open().map(Arc::new),
+                };
+                let ep = t.endpoint();
+                needed.insert(ep);
+                let rx = match self.tunnel_rx.get(&ep) {
+                    Some(rx) => Ok(rx.clone()),
+                    None => match ep.0 {
+                        TunnelKind::Vxlan => TunnelRx::vxlan(ep.1, ep.2),
+                        TunnelKind::Gre => TunnelRx::gre(),
+                    }
+                    .map(Arc::new),
+                };
+                match (tx, rx) {
+                    (Ok(tx), Ok(rx)) => {
+                        if self.tunnel_tx.is_none() {
+                            self.tunnel_tx = Some(tx);
+                        }
+                        if let std::collections::hash_map::Entry::Vacant(v) =
+                            self.tunnel_rx.entry(ep)
+                        {
+                            info!("opened {:?} tunnel socket {:?}:{}", ep.0, ep.1, ep.2);
+                            v.insert(rx);
+                            changed = true;
+                        }
+                        self.errors.remove(name.as_str());
+                    }
+                    (Err(e), _) | (_, Err(e)) => {
+                        let msg = format!("could not open tunnel socket for {name} ({e})");
+                        if self.errors.get(name.as_str()) != Some(&msg) {
+                            warn!("{msg}");
+                            self.errors.insert(name.clone(), msg);
+                        }
+                    }
+                }
+            }
+        }
+        self.tunnel_rx.retain(|ep, _| needed.contains(ep));
+        if needed.is_empty() {
+            self.tunnel_tx = None;
+        }
+        changed
     }
 
     /// Opens every wanted device that is not open; returns whether any opened.
     pub fn open_missing(&mut self, cfg: &Config) -> bool {
-        let mut changed = false;
+        let mut changed = self.open_tunnels(cfg);
         let w = wanted(cfg);
-        self.errors.retain(|n, _| w.contains_key(n.as_str()));
+        self.errors.retain(|n, _| {
+            w.contains_key(n.as_str())
+                || cfg
+                    .port(n)
+                    .is_some_and(|p| p.interface.tunnel_kind().is_some())
+        });
         self.stats.retain(|n, _| cfg.port_bridge(n).is_some());
         for (name, how) in w {
             if self.open.contains_key(name) {
@@ -177,10 +252,19 @@ impl Devices {
                 mac_aging_secs: b.mac_aging_secs(),
             };
             for (pname, p) in &b.ports {
-                let kind = match self.open.get(pname) {
-                    Some(d) => PortKind::Device(d.dev.clone()),
-                    None if p.interface.kind == IfaceType::Patch => PortKind::Patch { peer: None },
-                    None => PortKind::Absent,
+                let tunnel = p.interface.tunnel().and_then(|cfg| {
+                    let tx = self.tunnel_tx.clone()?;
+                    self.tunnel_rx
+                        .contains_key(&cfg.endpoint())
+                        .then_some(TunnelOut { cfg, tx })
+                });
+                let kind = match (self.open.get(pname), tunnel) {
+                    (Some(d), _) => PortKind::Device(d.dev.clone()),
+                    (None, Some(t)) => PortKind::Tunnel(t),
+                    (None, None) if p.interface.kind == IfaceType::Patch => {
+                        PortKind::Patch { peer: None }
+                    }
+                    (None, None) => PortKind::Absent,
                 };
                 let i = snap.ports.len();
                 let ofport = p.interface.ofport.unwrap_or(0);
@@ -209,6 +293,21 @@ impl Devices {
             let local = index.get(bname.as_str()).copied();
             snap.bridges[bi].pipeline =
                 pipeline::compile(bname, b, &resolve, local, &mut self.flow_stats);
+        }
+        // Each tunnel receive socket, with the ports it delivers to.
+        for (ep, rx) in &self.tunnel_rx {
+            let mut demux = TunnelDemux::new();
+            for (i, p) in snap.ports.iter().enumerate() {
+                if let PortKind::Tunnel(t) = &p.kind {
+                    if t.cfg.endpoint() == *ep {
+                        demux.insert(t.cfg.matcher(), i);
+                    }
+                }
+            }
+            snap.endpoints.push(EndpointRt {
+                rx: rx.clone(),
+                demux,
+            });
         }
         // Resolve patch peers now that every port has an index.
         for b in cfg.bridges.values() {
@@ -242,6 +341,15 @@ impl Devices {
                             error: Some(e),
                             ..IfaceStatus::default()
                         },
+                    },
+                    (IfaceType::Vxlan | IfaceType::Gre, _) => IfaceStatus {
+                        ofport: if self.errors.contains_key(name) {
+                            -1
+                        } else {
+                            ofport
+                        },
+                        error: self.errors.get(name).cloned(),
+                        ..IfaceStatus::default()
                     },
                     (_, Some(d)) => IfaceStatus {
                         ofport,

@@ -25,9 +25,7 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use ofproto::vnet_hdr::VNET_HDR_LEN;
 
-use super::{
-    is_congestion, sys, NetdevError, RxBatch, TxBatch, TxResult, BATCH, BUF_SIZE, HEADROOM,
-};
+use super::{send_batch, sys, NetdevError, RxBatch, TxBatch, TxResult, BATCH, BUF_SIZE, HEADROOM};
 
 const ETH_P_ALL: u16 = 0x0003;
 const TP_STATUS_VLAN_VALID: u32 = 0x10;
@@ -271,48 +269,7 @@ impl PacketSocket {
             Some(t) => t.as_raw_fd(),
             None => self.rx.as_raw_fd(),
         };
-        let mut res = TxResult::default();
-        let total = tx.len();
-        let mut done = 0;
-        while done < total {
-            let chunk = (total - done).min(BATCH);
-            // SAFETY: plain old data; all-zero is valid.
-            let mut msgs: [libc::mmsghdr; BATCH] = unsafe { mem::zeroed() };
-            for (i, m) in msgs.iter_mut().enumerate().take(chunk) {
-                let parts = tx.parts(done + i);
-                m.msg_hdr.msg_iov = parts.as_ptr() as *mut libc::iovec;
-                m.msg_hdr.msg_iovlen = parts.len();
-            }
-            // SAFETY: every msg points at one iovec in `tx`, whose frames are borrowed
-            // for the batch's lifetime; the kernel only reads them.
-            let n = unsafe {
-                libc::sendmmsg(
-                    fd,
-                    msgs.as_mut_ptr(),
-                    chunk as libc::c_uint,
-                    libc::MSG_DONTWAIT,
-                )
-            };
-            if n > 0 {
-                for m in msgs.iter().take(n as usize) {
-                    res.sent += 1;
-                    res.bytes += u64::from(m.msg_len);
-                }
-                done += n as usize;
-                continue;
-            }
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            if is_congestion(&e) {
-                res.dropped += (total - done) as u64;
-                break;
-            }
-            // The first frame of the chunk was refused; skip it and go on.
-            res.errors += 1;
-            done += 1;
-        }
+        let mut res = send_batch(fd, tx, None);
         if self.tx_vnet {
             res.bytes = res.bytes.saturating_sub(res.sent * VNET_HDR_LEN as u64);
         }

@@ -13,6 +13,7 @@ pub mod afpacket;
 pub mod poll;
 pub mod sys;
 pub mod tap;
+pub mod tunnel;
 
 use std::io;
 use std::marker::PhantomData;
@@ -285,6 +286,61 @@ impl Netdev {
             Netdev::Tap(t) => t.send(tx),
         }
     }
+}
+
+/// Sends every frame of `tx` on `fd` with `sendmmsg`, BATCH at a time; `names[i]`,
+/// if given, is frame `i`'s destination. A full queue drops the rest; a frame the
+/// kernel refuses (too big for the MTU, ...) is counted as an error and skipped.
+/// `bytes` counts what the kernel took, headers of the caller's included.
+fn send_batch(fd: RawFd, tx: &TxBatch<'_>, names: Option<&[libc::sockaddr_in]>) -> TxResult {
+    let mut res = TxResult::default();
+    let total = tx.len();
+    let mut done = 0;
+    while done < total {
+        let chunk = (total - done).min(BATCH);
+        // SAFETY: plain old data; all-zero is valid.
+        let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+        for (i, m) in msgs.iter_mut().enumerate().take(chunk) {
+            let parts = tx.parts(done + i);
+            m.msg_hdr.msg_iov = parts.as_ptr() as *mut libc::iovec;
+            m.msg_hdr.msg_iovlen = parts.len();
+            if let Some(names) = names {
+                m.msg_hdr.msg_name =
+                    &names[done + i] as *const libc::sockaddr_in as *mut libc::c_void;
+                m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
+            }
+        }
+        // SAFETY: every msg points at iovecs in `tx` (and a name in `names`), both
+        // borrowed for the call; the kernel only reads them.
+        let n = unsafe {
+            libc::sendmmsg(
+                fd,
+                msgs.as_mut_ptr(),
+                chunk as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if n > 0 {
+            for m in msgs.iter().take(n as usize) {
+                res.sent += 1;
+                res.bytes += u64::from(m.msg_len);
+            }
+            done += n as usize;
+            continue;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() == io::ErrorKind::Interrupted {
+            continue;
+        }
+        if is_congestion(&e) {
+            res.dropped += (total - done) as u64;
+            break;
+        }
+        // The first frame of the chunk was refused; skip it and go on.
+        res.errors += 1;
+        done += 1;
+    }
+    res
 }
 
 /// Classifies a send error: a full queue is a drop, anything else an error.
