@@ -89,12 +89,22 @@ impl Netns {
         Netns { name }
     }
 
+    /// Runs `cmd` with `sh -c` inside the namespace — all of it: `a && b` must not
+    /// run `b` in the root namespace.
     pub fn exec(&self, cmd: &str) -> Output {
-        sh(&format!("ip netns exec {} {cmd}", self.name))
+        sh(&self.in_ns(cmd))
     }
 
     pub fn exec_ok(&self, cmd: &str) -> String {
-        sh_ok(&format!("ip netns exec {} {cmd}", self.name))
+        sh_ok(&self.in_ns(cmd))
+    }
+
+    fn in_ns(&self, cmd: &str) -> String {
+        format!(
+            "ip netns exec {} sh -c '{}'",
+            self.name,
+            cmd.replace('\'', r"'\''")
+        )
     }
 
     /// Runs `f` on a thread that has entered this namespace; sockets it opens live there.
