@@ -14,6 +14,8 @@ need=()
 command -v ip >/dev/null || need+=(iproute2)
 command -v ping >/dev/null || need+=(iputils-ping)
 command -v ethtool >/dev/null || need+=(ethtool)
+# Open vSwitch (userspace datapath) is the interop peer of the tunnel tests.
+command -v ovs-vswitchd >/dev/null || need+=(openvswitch-switch)
 if [ ${#need[@]} -gt 0 ]; then
   echo "test.sh: installing ${need[*]}"
   apt-get update -qq

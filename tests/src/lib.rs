@@ -202,7 +202,10 @@ impl Host {
     pub fn offloads_off(&self) {
         let k = "tx off tso off gso off gro off";
         self.ns.exec_ok(&format!("ethtool -K eth0 {k}"));
-        sh_ok(&format!("ethtool -K {} {k}", self.port));
+        match &self.parent {
+            Some(p) => sh_ok(&format!("ip netns exec {p} ethtool -K {} {k}", self.port)),
+            None => sh_ok(&format!("ethtool -K {} {k}", self.port)),
+        };
     }
 }
 

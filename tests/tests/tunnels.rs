@@ -387,3 +387,122 @@ fn a_flow_based_tunnel_is_steered_by_flows() {
         assert!(row["n_packets"].as_u64().unwrap() >= 3, "{key}: {row}");
     }
 }
+
+/// Open vSwitch 3.1 with its userspace datapath, running in a namespace of its own
+/// (its own database, run directory and log), as a tunnel peer. It terminates
+/// tunnels the way its documentation describes ("userspace tunneling"): the
+/// underlay address sits on an internal port `br-phy` that owns the underlay NIC.
+struct Ovs {
+    dir: std::path::PathBuf,
+    ns: String,
+}
+
+impl Ovs {
+    fn start(ns: &Netns) -> Ovs {
+        assert!(
+            sh("command -v ovs-vswitchd").status.success(),
+            "Open vSwitch is not installed (scripts/test.sh installs openvswitch-switch)"
+        );
+        let dir = std::env::temp_dir().join(format!("vswitch-ovs-{}", uniq("o")));
+        std::fs::create_dir_all(&dir).unwrap();
+        let t = dir.display();
+        let env = format!("OVS_RUNDIR={t} OVS_LOGDIR={t} OVS_DBDIR={t} OVS_SYSCONFDIR={t}");
+        sh_ok(&format!(
+            "ovsdb-tool create {t}/conf.db /usr/share/openvswitch/vswitch.ovsschema"
+        ));
+        ns.exec_ok(&format!(
+            "env {env} ovsdb-server {t}/conf.db --remote=punix:{t}/db.sock \
+             --pidfile={t}/ovsdb-server.pid --log-file={t}/ovsdb-server.log --detach"
+        ));
+        let o = Ovs {
+            dir: dir.clone(),
+            ns: ns.name.clone(),
+        };
+        o.vsctl("--no-wait init");
+        ns.exec_ok(&format!(
+            "env {env} ovs-vswitchd unix:{t}/db.sock --pidfile={t}/ovs-vswitchd.pid \
+             --log-file={t}/ovs-vswitchd.log --detach"
+        ));
+        o
+    }
+
+    fn vsctl(&self, args: &str) -> String {
+        sh_ok(&format!(
+            "ovs-vsctl --db=unix:{}/db.sock --timeout=20 {args}",
+            self.dir.display()
+        ))
+    }
+}
+
+impl Drop for Ovs {
+    fn drop(&mut self) {
+        // Its netdev bridges' TAPs are persistent: remove the bridges first.
+        let t = self.dir.display();
+        let _ = sh(&format!(
+            "ovs-vsctl --db=unix:{t}/db.sock --timeout=5 -- --if-exists del-br br-int -- --if-exists del-br br-phy"
+        ));
+        for name in ["ovs-vswitchd", "ovsdb-server"] {
+            if let Ok(pid) = std::fs::read_to_string(self.dir.join(format!("{name}.pid"))) {
+                if let Ok(pid) = pid.trim().parse::<i32>() {
+                    // SAFETY: signalling a process this test started, by its PID.
+                    unsafe { libc::kill(pid, libc::SIGTERM) };
+                }
+            }
+        }
+        let _ = sh(&format!("ip -n {} link del br-phy", self.ns));
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        } else {
+            eprintln!("Open vSwitch logs kept in {t}");
+        }
+    }
+}
+
+#[test]
+fn vxlan_and_gre_interoperate_with_open_vswitch() {
+    let hv1 = Hv::new("hv1");
+    let ons = Netns::new("ovs");
+    let (_, ulo) = underlay(&hv1.ns, "192.168.57.1/24", &ons, "192.168.57.2/24");
+    let a1 = vm("a1", "10.0.57.1/24", &hv1);
+    let a2 = Host::new_in("a2", "10.0.57.2/24", &ons);
+    a2.ns.exec_ok("ip link set eth0 mtu 1450");
+    // Open vSwitch's userspace datapath cannot complete offloaded checksums.
+    a2.offloads_off();
+    let ovs = Ovs::start(&ons);
+    // The underlay address moves from the NIC to br-phy, which owns the NIC.
+    ons.exec_ok(&format!("ip addr flush dev {ulo}"));
+    let mac = ons.exec_ok(&format!("cat /sys/class/net/{ulo}/address"));
+    ovs.vsctl(&format!(
+        "add-br br-phy -- set bridge br-phy datapath_type=netdev other_config:hwaddr={} \
+         -- add-port br-phy {ulo}",
+        mac.trim()
+    ));
+    ons.exec_ok("ip addr add 192.168.57.2/24 dev br-phy && ip link set br-phy up");
+    ovs.vsctl(&format!(
+        "add-br br-int -- set bridge br-int datapath_type=netdev -- add-port br-int {} \
+         -- add-port br-int t0 -- set interface t0 type=vxlan options:remote_ip=192.168.57.1 options:key=5001",
+        a2.port
+    ));
+    hv1.bridge(
+        &a1,
+        "t0",
+        "vxlan",
+        &[
+            "options:remote_ip=192.168.57.2".into(),
+            "options:key=5001".into(),
+        ],
+    );
+    assert!(a1.ping(&a2.ip), "VXLAN: ours to Open vSwitch");
+    assert!(a2.ping(&a1.ip), "VXLAN: Open vSwitch to ours");
+    tcp_transfer(&a1, &a2, 2 << 20);
+    tcp_transfer(&a2, &a1, 2 << 20);
+
+    // The same tunnel as GRE, on both sides.
+    ovs.vsctl("set interface t0 type=gre options:key=77");
+    hv1.d
+        .vsctl_ok(&["set", "Interface", "t0", "type=gre", "options:key=77"]);
+    assert!(a1.ping(&a2.ip), "GRE: ours to Open vSwitch");
+    assert!(a2.ping(&a1.ip), "GRE: Open vSwitch to ours");
+    tcp_transfer(&a1, &a2, 2 << 20);
+    tcp_transfer(&a2, &a1, 2 << 20);
+}
