@@ -16,7 +16,10 @@ tx/tso/gso/gro off, UDP round-trip latency p50/p99, the switch's CPU seconds per
 million packets delivered, and its RSS (idle and after the runs). Before each run
 the machine's idle CPU is sampled; a run that starts on a busy machine is flagged.
 
-Traffic stays between the two namespaces. Run as root:  sudo bench/run.py
+With --kinds vxlan-vswitchd,vxlan-kernel,vxlan-ovs, A and B sit behind two hypervisor
+namespaces joined by an underlay veth and the switches tunnel over VXLAN.
+
+Traffic stays between the namespaces this script creates. Run as root:  sudo bench/run.py
 """
 
 import argparse
@@ -42,6 +45,12 @@ KINDS = ["vswitchd", "ovs", "ovs-tso", "bridge", "veth"]
 # access→trunk→access (VLAN 10), to compare tagged with untagged forwarding; and
 # one bridge with 10 000 installed flows, to compare with `vswitchd`.
 EXTRA_KINDS = ["vswitchd-2br", "vswitchd-vlan", "vswitchd-10k"]
+# VXLAN between two hypervisor namespaces (A behind HV1, B behind HV2, an underlay veth
+# between the hypervisors; inner MTU 1450): our daemon on each hypervisor, the
+# kernel's VXLAN device in a Linux bridge on each, Open vSwitch netdev on each.
+VXLAN_KINDS = ["vxlan-vswitchd", "vxlan-kernel", "vxlan-ovs"]
+HV1, HV2 = f"vsb-h1-{PID}", f"vsb-h2-{PID}"
+UL1, UL2 = "192.168.199.1", "192.168.199.2"
 
 
 def sh(cmd, check=True, capture=True):
@@ -93,6 +102,10 @@ class Topology:
         self.ovs_br = None
         self.links = []
         self.iperf_pids = []
+        # Extra switch processes (the second hypervisor's), counted with self.pid.
+        self.more_pids = []
+        # Open vSwitch run directories to tear down (one per hypervisor).
+        self.ovs_dirs = []
 
     # -- building -------------------------------------------------------------
     def up(self):
@@ -118,6 +131,76 @@ class Topology:
 
     def up_veth(self):
         pass
+
+    # -- VXLAN between two hypervisors ------------------------------------------
+    def _hypervisors(self):
+        """HV1 holds VA, HV2 holds VB; an underlay veth joins them."""
+        for hv in (HV1, HV2):
+            sh(f"ip netns add {hv}")
+            ns(hv, "ip link set lo up")
+        sh(f"ip link add u1 netns {HV1} type veth peer name u2 netns {HV2}")
+        for hv, link, ip in ((HV1, "u1", UL1), (HV2, "u2", UL2)):
+            ns(hv, f"ip addr add {ip}/24 dev {link}")
+            ns(hv, f"ip link set {link} up")
+        for link, hv in ((VA, HV1), (VB, HV2)):
+            sh(f"ip link set {link} netns {hv}")
+            ns(hv, f"ip link set {link} mtu 1450")
+            ns(hv, f"ip link set {link} up")
+        for n in (NS_A, NS_B):
+            ns(n, "ip link set eth0 mtu 1450")
+
+    def up_vxlan_vswitchd(self):
+        self._hypervisors()
+        for i, (hv, link, remote) in enumerate(((HV1, VA, UL2), (HV2, VB, UL1))):
+            d = os.path.join(self.tmp, f"hv{i}")
+            os.makedirs(d)
+            ns(hv, f"{BIN}/vswitchd --rundir {d} --db {d}/conf.json --detach --pidfile {d}/pid --log-level warn")
+            pid = int(open(f"{d}/pid").read())
+            if i == 0:
+                self.pid = pid
+            else:
+                self.more_pids.append(pid)
+            br = f"vsbx{i}"
+            sh(f"{BIN}/vsctl --db=unix:{d}/vswitchd.sock add-br {br} -- add-port {br} {link}"
+               f" -- add-port {br} vx -- set Interface vx type=vxlan options:remote_ip={remote} options:key=5001")
+
+    def up_vxlan_kernel(self):
+        self._hypervisors()
+        for hv, link, local, remote in ((HV1, VA, UL1, UL2), (HV2, VB, UL2, UL1)):
+            ns(hv, f"ip link add vx0 type vxlan id 5001 remote {remote} local {local} dstport 4789")
+            ns(hv, "ip link add kbr type bridge")
+            ns(hv, f"ip link set vx0 master kbr")
+            ns(hv, f"ip link set {link} master kbr")
+            ns(hv, "ip link set vx0 up")
+            ns(hv, "ip link set kbr up")
+
+    def up_vxlan_ovs(self):
+        self._hypervisors()
+        for i, (hv, ul, link, ip, remote) in enumerate(((HV1, "u1", VA, UL1, UL2), (HV2, "u2", VB, UL2, UL1))):
+            t = os.path.join(self.tmp, f"ovs{i}")
+            os.makedirs(t)
+            self.ovs_dirs.append((hv, t))
+            env = f"OVS_RUNDIR={t} OVS_LOGDIR={t} OVS_DBDIR={t} OVS_SYSCONFDIR={t}"
+            sh(f"ovsdb-tool create {t}/conf.db /usr/share/openvswitch/vswitch.ovsschema")
+            ns(hv, f"env {env} ovsdb-server {t}/conf.db --remote=punix:{t}/db.sock --pidfile={t}/ovsdb-server.pid "
+                   f"--log-file={t}/ovsdb-server.log --detach")
+            vs = f"ovs-vsctl --db=unix:{t}/db.sock --timeout=20"
+            sh(f"{vs} --no-wait init")
+            ns(hv, f"env {env} ovs-vswitchd unix:{t}/db.sock --pidfile={t}/ovs-vswitchd.pid "
+                   f"--log-file={t}/ovs-vswitchd.log --detach")
+            pid = int(open(f"{t}/ovs-vswitchd.pid").read())
+            if i == 0:
+                self.pid = pid
+            else:
+                self.more_pids.append(pid)
+            # Userspace tunnelling: the underlay address lives on br-phy, which owns the NIC.
+            mac = ns(hv, f"cat /sys/class/net/{ul}/address").strip()
+            ns(hv, f"ip addr flush dev {ul}")
+            sh(f"{vs} add-br br-phy -- set bridge br-phy datapath_type=netdev other_config:hwaddr={mac} -- add-port br-phy {ul}")
+            ns(hv, f"ip addr add {ip}/24 dev br-phy")
+            ns(hv, "ip link set br-phy up")
+            sh(f"{vs} add-br br-int -- set bridge br-int datapath_type=netdev -- add-port br-int {link}"
+               f" -- add-port br-int vx0 -- set interface vx0 type=vxlan options:remote_ip={remote} options:key=5001")
 
     def up_bridge(self):
         self.br = f"vsbbr{PID % 100000}"
@@ -206,6 +289,20 @@ class Topology:
                 p.wait()
         if self.kind.startswith("vswitchd") and self.pid:
             self._stop(self.pid)
+        if self.kind == "vxlan-vswitchd":
+            for pid in [self.pid] + self.more_pids:
+                if pid:
+                    self._stop(pid)
+        for hv, t in self.ovs_dirs:
+            sh(f"ovs-vsctl --db=unix:{t}/db.sock --timeout=5 -- --if-exists del-br br-int -- --if-exists del-br br-phy", check=False)
+            for name in ("ovs-vswitchd", "ovsdb-server"):
+                try:
+                    self._stop(int(open(f"{t}/{name}.pid").read()))
+                except (OSError, ValueError):
+                    pass
+        if self.kind.startswith("vxlan"):
+            sh(f"ip netns del {HV1}", check=False)
+            sh(f"ip netns del {HV2}", check=False)
         for link in self.links:
             sh(f"ip link del {link}", check=False)
         if self.kind.startswith("ovs"):
@@ -246,7 +343,10 @@ class Topology:
         k = "tx off tso off gso off gro off"
         ns(NS_A, f"ethtool -K eth0 {k}")
         ns(NS_B, f"ethtool -K eth0 {k}")
-        if self.kind != "veth":
+        if self.kind.startswith("vxlan"):
+            ns(HV1, f"ethtool -K {VA} {k}")
+            ns(HV2, f"ethtool -K {VB} {k}")
+        elif self.kind != "veth":
             sh(f"ethtool -K {VA} {k}")
             sh(f"ethtool -K {VB} {k}")
 
@@ -260,9 +360,10 @@ class Topology:
 
     def udp_pps(self, secs):
         sink = self._start(NS_B, f"{BIN}/udpsink --bind {IP_B}:9000 --idle 1 --max {secs + 5}")
-        j0 = jiffies_of(self.pid) if self.pid else 0
+        pids = [p for p in [self.pid] + self.more_pids if p]
+        j0 = sum(jiffies_of(p) for p in pids)
         gen = json.loads(ns(NS_A, f"{BIN}/udpgen --dst {IP_B}:9000 --secs {secs}"))
-        j1 = jiffies_of(self.pid) if self.pid else 0
+        j1 = sum(jiffies_of(p) for p in pids)
         out, _ = sink.communicate(timeout=secs + 30)
         got = json.loads(out.strip().splitlines()[-1])
         pps = got["received"] / gen["secs"]
@@ -303,7 +404,7 @@ def run_one(kind, args):
         res = {"kind": kind, "noisy": noise > 0.10, "idle_busy": round(noise, 3)}
         if t.pid:
             time.sleep(0.5)
-            res["rss_idle_kib"] = rss_kib(t.pid)
+            res["rss_idle_kib"] = sum(rss_kib(p) for p in [t.pid] + t.more_pids)
         res.update(t.udp_pps(args.secs))
         res["tcp_gbps_offload"] = t.tcp_gbps(args.secs)
         lat = t.latency(args.pings)
@@ -311,7 +412,7 @@ def run_one(kind, args):
         t.offloads_off()
         res["tcp_gbps_no_offload"] = t.tcp_gbps(args.secs)
         if t.pid:
-            res["rss_kib"] = rss_kib(t.pid)
+            res["rss_kib"] = sum(rss_kib(p) for p in [t.pid] + t.more_pids)
         # CPU time the hypervisor took from this VM during the run: on a shared host
         # this, not the switch, can dominate the numbers.
         c1 = cpu_sample()
@@ -341,7 +442,8 @@ def median(runs, kind, key):
 
 def table(runs, kinds):
     base = "vswitchd" if "vswitchd" in kinds else kinds[0]
-    others = [k for k in ("ovs", "ovs-tso", "bridge", "vswitchd-2br") if k in kinds and k != base]
+    others = [k for k in ("ovs", "ovs-tso", "bridge", "vswitchd-2br", "vxlan-kernel", "vxlan-ovs")
+              if k in kinds and k != base]
     cols = kinds + [f"{base}/{o}" for o in others]
     lines = ["| metric | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
     for key, label, conv, fmt in METRICS:
@@ -377,7 +479,7 @@ def main():
         sys.exit("run.py: run as root (it builds namespaces and veths)")
     kinds = args.kinds.split(",")
     missing = [p for p, k in (("iperf3", "iperf3"), ("ethtool", "ethtool"), ("ping", "iputils-ping")) if not shutil.which(p)]
-    if any(k.startswith("ovs") for k in kinds) and not shutil.which("ovs-vswitchd"):
+    if any("ovs" in k for k in kinds) and not shutil.which("ovs-vswitchd"):
         missing.append("openvswitch-switch")
     pkgs = {"iperf3": "iperf3", "ethtool": "ethtool", "ping": "iputils-ping", "openvswitch-switch": "openvswitch-switch"}
     if missing:
