@@ -12,7 +12,7 @@
 //! length field beyond the buffer.
 
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 
 pub const VXLAN_HDR_LEN: usize = 8;
 pub const VXLAN_DEFAULT_PORT: u16 = 4789;
@@ -182,14 +182,14 @@ pub fn entropy_port(inner: &[u8]) -> u16 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TunnelMatch {
     /// `None`: `remote_ip=flow`.
-    pub remote: Option<Ipv4Addr>,
+    pub remote: Option<IpAddr>,
     /// `None`: `key=flow`.
     pub key: Option<u32>,
     /// `local_ip`, if set: only packets to this address.
-    pub local: Option<Ipv4Addr>,
+    pub local: Option<IpAddr>,
 }
 
-type LocalPort<P> = (Option<Ipv4Addr>, P);
+type LocalPort<P> = (Option<IpAddr>, P);
 
 /// Finds the port a received tunnel packet belongs to, with Open vSwitch's order of
 /// preference: exact remote and key, then exact remote with `key=flow`, then
@@ -197,7 +197,7 @@ type LocalPort<P> = (Option<Ipv4Addr>, P);
 #[derive(Debug, Default, Clone)]
 pub struct TunnelDemux<P> {
     /// By (remote, key): the ports with that pair, each with its `local_ip`.
-    exact: HashMap<(Ipv4Addr, u32), Vec<LocalPort<P>>>,
+    exact: HashMap<(IpAddr, u32), Vec<LocalPort<P>>>,
     fallbacks: Vec<(TunnelMatch, P)>,
 }
 
@@ -217,8 +217,8 @@ impl<P: Copy> TunnelDemux<P> {
     }
 
     /// The port for a packet from `src` to `dst` with key `key`.
-    pub fn lookup(&self, src: Ipv4Addr, dst: Ipv4Addr, key: u32) -> Option<P> {
-        let local_ok = |l: &Option<Ipv4Addr>| l.is_none_or(|l| l == dst);
+    pub fn lookup(&self, src: IpAddr, dst: IpAddr, key: u32) -> Option<P> {
+        let local_ok = |l: &Option<IpAddr>| l.is_none_or(|l| l == dst);
         if let Some(ps) = self.exact.get(&(src, key)) {
             if let Some((_, p)) = ps.iter().find(|(l, _)| local_ok(l)) {
                 return Some(*p);
@@ -241,7 +241,7 @@ impl<P: Copy> TunnelDemux<P> {
     }
 
     /// Whether some port has `src` as its remote (to tell "wrong key" from "stranger").
-    pub fn knows_remote(&self, src: Ipv4Addr) -> Option<P> {
+    pub fn knows_remote(&self, src: IpAddr) -> Option<P> {
         self.exact
             .iter()
             .find(|((r, _), _)| *r == src)
@@ -339,10 +339,10 @@ mod tests {
 
     #[test]
     fn demux_prefers_exact_matches() {
-        let (r1, r2, me) = (
-            Ipv4Addr::new(192, 0, 2, 1),
-            Ipv4Addr::new(192, 0, 2, 2),
-            Ipv4Addr::new(192, 0, 2, 9),
+        let (r1, r2, me): (IpAddr, IpAddr, IpAddr) = (
+            Ipv4Addr::new(192, 0, 2, 1).into(),
+            "2001:db8::2".parse().unwrap(),
+            Ipv4Addr::new(192, 0, 2, 9).into(),
         );
         let m = |remote, key| TunnelMatch {
             remote,

@@ -78,7 +78,7 @@ fn stat(hv: &Hv, br: &str, port: &str, what: &str) -> u64 {
 #[test]
 fn vxlan_joins_vms_per_vni_and_drops_what_it_cannot_carry() {
     let (hv1, hv2) = (Hv::new("hv1"), Hv::new("hv2"));
-    underlay(&hv1.ns, "192.168.50.1/24", &hv2.ns, "192.168.50.2/24");
+    let (_, ul2) = underlay(&hv1.ns, "192.168.50.1/24", &hv2.ns, "192.168.50.2/24");
     let (a1, b1) = (
         vm("a1", "10.0.50.1/24", &hv1),
         vm("b1", "10.0.50.11/24", &hv1),
@@ -95,12 +95,46 @@ fn vxlan_joins_vms_per_vni_and_drops_what_it_cannot_carry() {
     };
     // One bridge per VNI on each hypervisor; both tunnels of a hypervisor share its
     // UDP socket, so only the VNI tells their packets apart.
-    let bra1 = hv1.bridge(&a1, "vxa", "vxlan", &vx("192.168.50.2", 5001));
+    let mut opts = vx("192.168.50.2", 5001);
+    opts.extend(["options:tos=0x20".to_string(), "options:ttl=9".to_string()]);
+    let bra1 = hv1.bridge(&a1, "vxa", "vxlan", &opts);
     let brb1 = hv1.bridge(&b1, "vxb", "vxlan", &vx("192.168.50.2", 5002));
     hv2.bridge(&a2, "vxa", "vxlan", &vx("192.168.50.1", 5001));
     hv2.bridge(&b2, "vxb", "vxlan", &vx("192.168.50.1", 5002));
 
+    // The outer headers as sent: TOS and TTL as configured, don't-fragment, UDP to
+    // 4789 from a port in the dynamic range, the VNI.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let cap = hv2.ns.spawn(move || {
+        let s = RawSock::open(&ul2);
+        ready_tx.send(()).unwrap();
+        (0..100).find_map(|_| {
+            s.recv().filter(|f| {
+                f.len() > 50
+                    && f[12..14] == [8, 0]
+                    && f[23] == 17
+                    && f[26..30] == [192, 168, 50, 1]
+                    && f[36..38] == [0x12, 0xb5]
+            })
+        })
+    });
+    ready_rx.recv().unwrap();
     assert!(a1.ping(&a2.ip), "VNI 5001 across hypervisors");
+    let outer = cap
+        .join()
+        .unwrap()
+        .expect("no VXLAN packet seen on the underlay");
+    assert_eq!((outer[15], outer[22]), (0x20, 9), "TOS, TTL");
+    assert_eq!(outer[20] & 0x40, 0x40, "don't fragment");
+    assert!(
+        u16::from_be_bytes([outer[34], outer[35]]) >= 49152,
+        "source port"
+    );
+    assert_eq!(
+        &outer[42..50],
+        &[0x08, 0, 0, 0, 0, 0x13, 0x89, 0],
+        "VXLAN header, VNI 5001"
+    );
     assert!(b1.ping(&b2.ip), "VNI 5002 across hypervisors");
     assert!(!a1.ping(&b2.ip), "VNI 5001 reached VNI 5002");
     // TCP super-frames are segmented to the inner MTU before encapsulation.
@@ -505,4 +539,129 @@ fn vxlan_and_gre_interoperate_with_open_vswitch() {
     assert!(a2.ping(&a1.ip), "GRE: Open vSwitch to ours");
     tcp_transfer(&a1, &a2, 2 << 20);
     tcp_transfer(&a2, &a1, 2 << 20);
+}
+
+/// An IPv6 underlay between two namespaces (whose IPv6 the harness turned off).
+fn underlay6(a: &Netns, a_ip: &str, b: &Netns, b_ip: &str) -> (String, String) {
+    for n in [a, b] {
+        n.exec_ok(
+            "sysctl -qw net.ipv6.conf.all.disable_ipv6=0 net.ipv6.conf.default.disable_ipv6=0",
+        );
+    }
+    let (na, nb) = (uniq("ul"), uniq("ul"));
+    sh_ok(&format!(
+        "ip link add {na} netns {} type veth peer name {nb} netns {}",
+        a.name, b.name
+    ));
+    for (n, link, ip) in [(a, &na, a_ip), (b, &nb, b_ip)] {
+        n.exec_ok(&format!(
+            "ip addr add {ip} dev {link} nodad && ip link set {link} up"
+        ));
+    }
+    (na, nb)
+}
+
+#[test]
+fn vxlan_and_gre_over_an_ipv6_underlay() {
+    let (hv1, hv2) = (Hv::new("hv1"), Hv::new("hv2"));
+    underlay6(&hv1.ns, "fd00:58::1/64", &hv2.ns, "fd00:58::2/64");
+    // IPv6 outer headers are 20 bytes longer: inner MTU underlay − 70.
+    let vm6 = |tag: &str, ip: &str, hv: &Hv| {
+        let h = Host::new_in(tag, ip, &hv.ns);
+        h.ns.exec_ok("ip link set eth0 mtu 1430");
+        h
+    };
+    let (a1, a2) = (
+        vm6("a1", "10.0.58.1/24", &hv1),
+        vm6("a2", "10.0.58.2/24", &hv2),
+    );
+    let (b1, b2) = (
+        vm6("b1", "10.0.58.11/24", &hv1),
+        vm6("b2", "10.0.58.12/24", &hv2),
+    );
+    let br1 = hv1.bridge(
+        &a1,
+        "vx",
+        "vxlan",
+        &[
+            "options:remote_ip=fd00:58::2".into(),
+            "options:key=5001".into(),
+            "options:ttl=9".into(),
+        ],
+    );
+    hv2.bridge(
+        &a2,
+        "vx",
+        "vxlan",
+        &[
+            "options:remote_ip=fd00:58::1".into(),
+            "options:key=5001".into(),
+        ],
+    );
+    hv1.bridge(
+        &b1,
+        "gr",
+        "gre",
+        &[
+            "options:remote_ip=fd00:58::2".into(),
+            "options:key=9".into(),
+            "options:csum=true".into(),
+        ],
+    );
+    hv2.bridge(
+        &b2,
+        "gr",
+        "gre",
+        &[
+            "options:remote_ip=fd00:58::1".into(),
+            "options:key=9".into(),
+        ],
+    );
+    assert!(a1.ping(&a2.ip), "VXLAN over IPv6");
+    assert!(b2.ping(&b1.ip), "GRE over IPv6");
+    assert!(!a1.ping(&b2.ip), "VNI 5001 reached GRE key 9");
+    tcp_transfer(&a1, &a2, 4 << 20);
+    tcp_transfer(&b1, &b2, 4 << 20);
+    // Too big for the path once encapsulated: counted, not fragmented.
+    let before = stat(&hv1, &br1, "vx", "tx_errors");
+    a1.ns.exec_ok("ip link set eth0 mtu 1500");
+    assert!(!a1
+        .ns
+        .exec(&format!("ping -c 1 -W 2 -s 1472 -M do {}", a2.ip))
+        .status
+        .success());
+    assert!(stat(&hv1, &br1, "vx", "tx_errors") > before);
+}
+
+#[test]
+fn vxlan_over_ipv6_interoperates_with_the_linux_kernel() {
+    let (hv1, hv2) = (Hv::new("hv1"), Hv::new("kv"));
+    let (_, ul2) = underlay6(&hv1.ns, "fd00:59::1/64", &hv2.ns, "fd00:59::2/64");
+    // As over IPv4: the veth must compute what a NIC would (see the IPv4 test).
+    hv2.ns.exec_ok(&format!("ethtool -K {ul2} tx off"));
+    let a1 = Host::new_in("a1", "10.0.59.1/24", &hv1.ns);
+    let a2 = Host::new_in("a2", "10.0.59.2/24", &hv2.ns);
+    for h in [&a1, &a2] {
+        h.ns.exec_ok("ip link set eth0 mtu 1430");
+    }
+    hv1.bridge(
+        &a1,
+        "vx",
+        "vxlan",
+        &[
+            "options:remote_ip=fd00:59::2".into(),
+            "options:key=5001".into(),
+        ],
+    );
+    hv2.ns.exec_ok(
+        "ip link add vx0 type vxlan id 5001 remote fd00:59::1 local fd00:59::2 dstport 4789 \
+         && ip link add kbr type bridge && ip link set vx0 master kbr \
+         && ip link set vx0 up && ip link set kbr up",
+    );
+    hv2.ns
+        .exec_ok(&format!("ip link set {} master kbr", a2.port));
+    assert!(a1.ping(&a2.ip), "our VXLAN/IPv6 to the kernel's");
+    assert!(a2.ping(&a1.ip), "the kernel's VXLAN/IPv6 to ours");
+    tcp_transfer(&a1, &a2, 4 << 20);
+    tcp_transfer(&a2, &a1, 4 << 20);
 }

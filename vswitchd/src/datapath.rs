@@ -40,13 +40,14 @@ use crate::netdev::poll::{Epoll, EventFd};
 use crate::netdev::{Netdev, RxBatch, TxBatch, TxStore, BATCH};
 use crate::pipeline::{ActionRt, Pipeline, MAX_RESUBMIT_DEPTH};
 use crate::stats::PortStats;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ofproto::actions::Verdict;
 use ofproto::flow::{TUN_DST, TUN_ID, TUN_SRC};
 use ofproto::tunnel::TunnelDemux;
 
-use crate::netdev::tunnel::{sockaddr, RxMeta, TunnelRx, TunnelTx};
+use crate::netdev::tunnel::{dest, RxMeta, TunnelRx, TunnelTx};
+use crate::netdev::Dest;
 use crate::tunnel::TunnelConfig;
 use ofproto::classifier::RuleId;
 use ofproto::flow::{FlowKey, VLAN_TCI};
@@ -118,7 +119,7 @@ struct TxItem {
     tag: Option<u16>,
     /// Tunnel ports: the key (VNI) and the remote address to send to.
     tun_key: u32,
-    tun_dst: Ipv4Addr,
+    tun_dst: IpAddr,
 }
 
 /// Tunnel metadata a frame carries: what it arrived with, then what flows set.
@@ -315,7 +316,7 @@ struct Worker {
     tun_strangers: u64,
     /// Outer headers of the tunnel packets being sent, and their destinations.
     outer: Vec<u8>,
-    dests: Vec<libc::sockaddr_in>,
+    dests: Vec<Dest>,
     /// Per range in `seg_ranges`: the queued item it came from.
     seg_items: Vec<u16>,
     epoch: Instant,
@@ -608,8 +609,10 @@ impl Worker {
                     depth: 0,
                     tun: TunMeta {
                         id: u64::from(m.key),
-                        src: u32::from(m.src),
-                        dst: u32::from(m.dst),
+                        // The key's tun_src/tun_dst are IPv4 (as Open vSwitch's
+                        // are); IPv6 underlays leave them 0.
+                        src: ipv4_bits(m.src),
+                        dst: ipv4_bits(m.dst),
                     },
                 };
                 let admitted = self.ingress(&snap, pkt);
@@ -873,13 +876,16 @@ impl Worker {
                     head: pkt.head,
                     tag,
                     tun_key: 0,
-                    tun_dst: Ipv4Addr::UNSPECIFIED,
+                    tun_dst: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
                 });
             }
             PortKind::Tunnel(t) => {
                 // A port with `key=flow` / `remote_ip=flow` takes them from the flow.
                 let key = t.cfg.key.unwrap_or(pkt.tun.id as u32);
-                let dst = t.cfg.remote.unwrap_or(Ipv4Addr::from(pkt.tun.dst));
+                let dst = t
+                    .cfg
+                    .remote
+                    .unwrap_or(IpAddr::V4(Ipv4Addr::from(pkt.tun.dst)));
                 if dst.is_unspecified() {
                     p.stats.add_tx(0, 0, 1, 0);
                     return;
@@ -982,13 +988,20 @@ impl Worker {
                             item.tun_dst,
                             &self.seg_buf[r.clone()],
                         );
-                        self.dests.push(sockaddr(item.tun_dst, 0));
+                        self.dests.push(dest(item.tun_dst, 0));
                     }
                     for (i, r) in self.seg_ranges.iter().enumerate() {
                         let at = i * OUTER_STRIDE;
                         tx.push_parts(&[&self.outer[at..at + len], &self.seg_buf[r.clone()]]);
                     }
-                    (t.tx.send(&tx, &self.dests, len), errors)
+                    let v6 = t.cfg.v6().then(|| {
+                        let src = match t.cfg.local {
+                            Some(IpAddr::V6(a)) => a,
+                            _ => Ipv6Addr::UNSPECIFIED,
+                        };
+                        (t.cfg.tos, t.cfg.ttl, src)
+                    });
+                    (t.tx.send(t.cfg.kind, v6, &tx, &self.dests, len), errors)
                 }
                 _ => (Default::default(), 0),
             };
@@ -1050,6 +1063,14 @@ impl Worker {
             self.seg_items.resize(self.seg_ranges.len(), idx as u16);
         }
         errors
+    }
+}
+
+/// An IPv4 address as the key's tun_src/tun_dst hold it; 0 for IPv6.
+fn ipv4_bits(a: IpAddr) -> u32 {
+    match a {
+        IpAddr::V4(a) => u32::from(a),
+        IpAddr::V6(_) => 0,
     }
 }
 

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use tracing::{info, warn};
 
 use crate::config::{Config, IfaceType};
-use std::net::Ipv4Addr;
 
 use ofproto::tunnel::TunnelDemux;
 
@@ -25,6 +24,7 @@ use crate::netdev::{sys, Netdev};
 use crate::pipeline::{self, FlowStatsRegistry};
 use crate::rpc::IfaceStatus;
 use crate::stats::PortStats;
+use crate::tunnel::Endpoint;
 
 /// How an interface's device was opened, to notice when the config wants it differently.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,7 +47,7 @@ pub struct Devices {
     /// Per-flow counters, kept across recompiles of the flow tables.
     pub flow_stats: FlowStatsRegistry,
     /// Tunnel receive sockets by (kind, local address, UDP port), shared by ports.
-    tunnel_rx: HashMap<(TunnelKind, Option<Ipv4Addr>, u16), Arc<TunnelRx>>,
+    tunnel_rx: HashMap<Endpoint, Arc<TunnelRx>>,
     /// The raw socket all tunnel ports send through, opened with the first of them.
     tunnel_tx: Option<Arc<TunnelTx>>,
 }
@@ -132,9 +132,9 @@ impl Devices {
                 needed.insert(ep);
                 let rx = match self.tunnel_rx.get(&ep) {
                     Some(rx) => Ok(rx.clone()),
-                    None => match ep.0 {
-                        TunnelKind::Vxlan => TunnelRx::vxlan(ep.1, ep.2),
-                        TunnelKind::Gre => TunnelRx::gre(),
+                    None => match ep.kind {
+                        TunnelKind::Vxlan => TunnelRx::vxlan(ep.v6, ep.local, ep.port),
+                        TunnelKind::Gre => TunnelRx::gre(ep.v6),
                     }
                     .map(Arc::new),
                 };
@@ -146,7 +146,7 @@ impl Devices {
                         if let std::collections::hash_map::Entry::Vacant(v) =
                             self.tunnel_rx.entry(ep)
                         {
-                            info!("opened {:?} tunnel socket {:?}:{}", ep.0, ep.1, ep.2);
+                            info!("opened tunnel socket {ep:?}");
                             v.insert(rx);
                             changed = true;
                         }

@@ -13,14 +13,23 @@ use ofproto::tunnel::{TunnelMatch, VXLAN_DEFAULT_PORT};
 
 use crate::netdev::tunnel::TunnelKind;
 
+/// A receive socket's identity: ports with equal endpoints share it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    pub kind: TunnelKind,
+    pub v6: bool,
+    pub local: Option<IpAddr>,
+    pub port: u16,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TunnelConfig {
     pub kind: TunnelKind,
     /// `None`: `remote_ip=flow` (the destination comes from the flow's `tun_dst`).
-    pub remote: Option<Ipv4Addr>,
+    pub remote: Option<IpAddr>,
     /// `None`: `key=flow` (the key comes from the flow's `tun_id`).
     pub key: Option<u32>,
-    pub local: Option<Ipv4Addr>,
+    pub local: Option<IpAddr>,
     pub dst_port: u16,
     pub tos: u8,
     pub ttl: u8,
@@ -57,15 +66,9 @@ fn num<T: TryFrom<u64>>(opt: &str, v: &str, max: u64) -> Result<T, OptionError> 
         })
 }
 
-fn ipv4(opt: &str, v: &str) -> Result<Ipv4Addr, OptionError> {
-    match v.parse::<IpAddr>() {
-        Ok(IpAddr::V4(a)) => Ok(a),
-        Ok(IpAddr::V6(_)) => Err((
-            opt.to_string(),
-            "IPv6 underlays are not supported yet".to_string(),
-        )),
-        Err(_) => Err((opt.to_string(), format!("\"{v}\" is not an IP address"))),
-    }
+fn ip(opt: &str, v: &str) -> Result<IpAddr, OptionError> {
+    v.parse::<IpAddr>()
+        .map_err(|_| (opt.to_string(), format!("\"{v}\" is not an IP address")))
 }
 
 impl TunnelConfig {
@@ -90,7 +93,7 @@ impl TunnelConfig {
                 ))
             }
             Some("flow") => None,
-            Some(v) => Some(ipv4("remote_ip", v)?),
+            Some(v) => Some(ip("remote_ip", v)?),
         };
         let key_max = match kind {
             TunnelKind::Vxlan => (1 << 24) - 1,
@@ -120,11 +123,27 @@ impl TunnelConfig {
             }
             (TunnelKind::Gre, None) => 0,
         };
+        let local = o.get("local_ip").map(|v| ip("local_ip", v)).transpose()?;
+        // One family per port: the underlay is IPv4 or IPv6.
+        if let (Some(r), Some(l)) = (remote, local) {
+            if r.is_ipv4() != l.is_ipv4() {
+                return Err((
+                    "local_ip".into(),
+                    format!("{l} and remote_ip {r} are not the same IP version"),
+                ));
+            }
+        }
+        if remote.is_none() && local.is_some_and(|l| l.is_ipv6()) {
+            return Err((
+                "remote_ip".into(),
+                "remote_ip=flow steers IPv4 destinations (tun_dst) only".into(),
+            ));
+        }
         Ok(TunnelConfig {
             kind,
             remote,
             key,
-            local: o.get("local_ip").map(|v| ipv4("local_ip", v)).transpose()?,
+            local,
             dst_port,
             tos: o.get("tos").map_or(Ok(0), |v| num("tos", v, 255))?,
             ttl: o.get("ttl").map_or(Ok(64), |v| num("ttl", v, 255))?,
@@ -141,39 +160,63 @@ impl TunnelConfig {
         }
     }
 
+    /// Whether the underlay is IPv6.
+    pub fn v6(&self) -> bool {
+        self.remote.or(self.local).is_some_and(|a| a.is_ipv6())
+    }
+
     /// The receive socket this port shares with others like it: GRE has one raw
-    /// socket for everything; VXLAN one UDP socket per local address and port.
-    pub fn endpoint(&self) -> (TunnelKind, Option<Ipv4Addr>, u16) {
-        match self.kind {
-            TunnelKind::Gre => (TunnelKind::Gre, None, 0),
-            TunnelKind::Vxlan => (TunnelKind::Vxlan, self.local, self.dst_port),
+    /// socket per IP version; VXLAN one UDP socket per local address and port.
+    pub fn endpoint(&self) -> Endpoint {
+        let (local, port) = match self.kind {
+            TunnelKind::Gre => (None, 0),
+            TunnelKind::Vxlan => (self.local, self.dst_port),
+        };
+        Endpoint {
+            kind: self.kind,
+            v6: self.v6(),
+            local,
+            port,
         }
     }
 
-    /// Bytes of outer headers this port puts in front of each frame.
+    /// Bytes of outer headers this port writes in front of each frame (over IPv6,
+    /// the kernel writes the IPv6 header).
     pub fn outer_len(&self) -> usize {
         use ofproto::tunnel::{IPV4_HDR_LEN, UDP_HDR_LEN, VXLAN_HDR_LEN};
-        match self.kind {
-            TunnelKind::Vxlan => IPV4_HDR_LEN + UDP_HDR_LEN + VXLAN_HDR_LEN,
+        let ip = if self.v6() { 0 } else { IPV4_HDR_LEN };
+        ip + match self.kind {
+            TunnelKind::Vxlan => UDP_HDR_LEN + VXLAN_HDR_LEN,
             TunnelKind::Gre => {
-                IPV4_HDR_LEN
-                    + 4
-                    + if self.has_gre_key() { 4 } else { 0 }
-                    + if self.csum { 4 } else { 0 }
+                4 + if self.has_gre_key() { 4 } else { 0 } + if self.csum { 4 } else { 0 }
             }
         }
     }
 
     /// Writes the outer headers (`outer_len()` bytes) for `inner` to go to `dst`
-    /// with key `key`: IPv4 (from `local_ip`, or whatever the kernel picks), then
-    /// UDP (source port from the inner flow) and VXLAN, or GRE.
-    pub fn write_outer(&self, out: &mut [u8], key: u32, dst: Ipv4Addr, inner: &[u8]) {
+    /// with key `key`: over IPv4 the IPv4 header (from `local_ip`, or whatever the
+    /// kernel picks), then UDP (source port from the inner flow) and VXLAN, or GRE.
+    /// Over IPv6 the kernel writes the IPv6 header and the UDP checksum.
+    pub fn write_outer(&self, out: &mut [u8], key: u32, dst: IpAddr, inner: &[u8]) {
         use ofproto::tunnel::*;
-        let src = self.local.unwrap_or(Ipv4Addr::UNSPECIFIED);
-        let (ip, rest) = out.split_at_mut(IPV4_HDR_LEN);
+        let rest = match dst {
+            IpAddr::V4(dst) => {
+                let src = match self.local {
+                    Some(IpAddr::V4(l)) => l,
+                    _ => Ipv4Addr::UNSPECIFIED,
+                };
+                let (ip, rest) = out.split_at_mut(IPV4_HDR_LEN);
+                let proto = match self.kind {
+                    TunnelKind::Vxlan => libc::IPPROTO_UDP,
+                    TunnelKind::Gre => libc::IPPROTO_GRE,
+                } as u8;
+                ipv4_emit(ip, src, dst, proto, self.tos, self.ttl);
+                rest
+            }
+            IpAddr::V6(_) => out,
+        };
         match self.kind {
             TunnelKind::Vxlan => {
-                ipv4_emit(ip, src, dst, libc::IPPROTO_UDP as u8, self.tos, self.ttl);
                 let (udp, vx) = rest.split_at_mut(UDP_HDR_LEN);
                 udp_emit(
                     udp,
@@ -184,7 +227,6 @@ impl TunnelConfig {
                 vx[..VXLAN_HDR_LEN].copy_from_slice(&vxlan_emit(key));
             }
             TunnelKind::Gre => {
-                ipv4_emit(ip, src, dst, libc::IPPROTO_GRE as u8, self.tos, self.ttl);
                 gre_emit(rest, self.has_gre_key().then_some(key), self.csum, inner);
             }
         }
@@ -215,7 +257,12 @@ mod tests {
         .unwrap();
         assert_eq!(
             (c.remote, c.key, c.dst_port, c.ttl),
-            (Some(Ipv4Addr::new(192, 0, 2, 2)), Some(5001), 4789, 64)
+            (
+                Some(IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2))),
+                Some(5001),
+                4789,
+                64
+            )
         );
         assert_eq!(c.outer_len(), 36);
         let f = TunnelConfig::parse(
@@ -233,9 +280,17 @@ mod tests {
             bad(TunnelKind::Vxlan, &[("remote_ip", "192.0.2.300")]).0,
             "remote_ip"
         );
-        assert!(bad(TunnelKind::Vxlan, &[("remote_ip", "2001:db8::1")])
-            .1
-            .contains("IPv6"));
+        let v6 =
+            TunnelConfig::parse(TunnelKind::Vxlan, &opts(&[("remote_ip", "2001:db8::1")])).unwrap();
+        assert!(v6.v6() && v6.outer_len() == 16);
+        assert_eq!(
+            bad(
+                TunnelKind::Vxlan,
+                &[("remote_ip", "2001:db8::1"), ("local_ip", "192.0.2.1")]
+            )
+            .0,
+            "local_ip"
+        );
         assert_eq!(
             bad(
                 TunnelKind::Vxlan,

@@ -269,7 +269,7 @@ impl PacketSocket {
             Some(t) => t.as_raw_fd(),
             None => self.rx.as_raw_fd(),
         };
-        let mut res = send_batch(fd, tx, None);
+        let mut res = send_batch(fd, tx, None, None);
         if self.tx_vnet {
             res.bytes = res.bytes.saturating_sub(res.sent * VNET_HDR_LEN as u64);
         }

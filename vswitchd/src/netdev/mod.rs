@@ -288,11 +288,24 @@ impl Netdev {
     }
 }
 
+/// A destination address for `sendmmsg` (IPv4 or IPv6).
+#[derive(Clone, Copy)]
+pub struct Dest {
+    pub addr: libc::sockaddr_storage,
+    pub len: libc::socklen_t,
+}
+
 /// Sends every frame of `tx` on `fd` with `sendmmsg`, BATCH at a time; `names[i]`,
-/// if given, is frame `i`'s destination. A full queue drops the rest; a frame the
-/// kernel refuses (too big for the MTU, ...) is counted as an error and skipped.
-/// `bytes` counts what the kernel took, headers of the caller's included.
-fn send_batch(fd: RawFd, tx: &TxBatch<'_>, names: Option<&[libc::sockaddr_in]>) -> TxResult {
+/// if given, is frame `i`'s destination, and `control`, if given, ancillary data for
+/// every frame. A full queue drops the rest; a frame the kernel refuses (too big for
+/// the MTU, ...) is counted as an error and skipped. `bytes` counts what the kernel
+/// took, headers of the caller's included.
+fn send_batch(
+    fd: RawFd,
+    tx: &TxBatch<'_>,
+    names: Option<&[Dest]>,
+    control: Option<&[u8]>,
+) -> TxResult {
     let mut res = TxResult::default();
     let total = tx.len();
     let mut done = 0;
@@ -305,9 +318,13 @@ fn send_batch(fd: RawFd, tx: &TxBatch<'_>, names: Option<&[libc::sockaddr_in]>) 
             m.msg_hdr.msg_iov = parts.as_ptr() as *mut libc::iovec;
             m.msg_hdr.msg_iovlen = parts.len();
             if let Some(names) = names {
-                m.msg_hdr.msg_name =
-                    &names[done + i] as *const libc::sockaddr_in as *mut libc::c_void;
-                m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in>() as u32;
+                let d = &names[done + i];
+                m.msg_hdr.msg_name = &d.addr as *const libc::sockaddr_storage as *mut libc::c_void;
+                m.msg_hdr.msg_namelen = d.len;
+            }
+            if let Some(c) = control {
+                m.msg_hdr.msg_control = c.as_ptr() as *mut libc::c_void;
+                m.msg_hdr.msg_controllen = c.len();
             }
         }
         // SAFETY: every msg points at iovecs in `tx` (and a name in `names`), both
