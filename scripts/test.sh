@@ -16,10 +16,15 @@ command -v ping >/dev/null || need+=(iputils-ping)
 command -v ethtool >/dev/null || need+=(ethtool)
 # Open vSwitch (userspace datapath) is the interop peer of the tunnel tests.
 command -v ovs-vswitchd >/dev/null || need+=(openvswitch-switch)
+# The guest tests boot a Debian cloud kernel with a busybox initramfs under qemu
+# (tests/vm/build.sh downloads the kernel package and caches the result in target/).
+command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
+command -v cpio >/dev/null || need+=(cpio)
 if [ ${#need[@]} -gt 0 ]; then
   echo "test.sh: installing ${need[*]}"
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
 cargo build --workspace --locked

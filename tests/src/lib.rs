@@ -6,6 +6,8 @@
 //! during a panic, and every name carries a per-process unique suffix so parallel
 //! tests and parallel runs never collide. Tests need root.
 
+pub mod vm;
+
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
