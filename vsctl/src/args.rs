@@ -19,7 +19,13 @@ pub struct Global {
     pub socket: PathBuf,
     pub timeout: Duration,
     pub format: Format,
+    /// `--format=table` was asked for (list and find print records otherwise).
+    pub table_asked: bool,
     pub no_headings: bool,
+    /// `--data=json`: values in OVSDB's JSON notation.
+    pub data_json: bool,
+    /// `--bare`: values only, no column names or headings.
+    pub bare: bool,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -28,6 +34,8 @@ pub struct Command {
     pub if_exists: bool,
     /// `--strict` for del-flows / mod-flows: select by exact priority and match.
     pub strict: bool,
+    /// `--columns=a,b`: list/find print only these columns, in this order.
+    pub columns: Option<Vec<String>>,
     pub name: String,
     pub args: Vec<String>,
 }
@@ -61,7 +69,10 @@ pub fn parse(argv: &[String]) -> Result<Parsed, String> {
         socket: default_socket(),
         timeout: Duration::from_secs(DEFAULT_TIMEOUT_SECS),
         format: Format::Table,
+        table_asked: false,
         no_headings: false,
+        data_json: false,
+        bare: false,
     };
     let mut cmds = Vec::new();
     let mut cur = Command::default();
@@ -106,15 +117,39 @@ pub fn parse(argv: &[String]) -> Result<Parsed, String> {
                     g.timeout = Duration::from_secs(if secs == 0 { 24 * 3600 } else { secs });
                 }
                 "-f" | "--format" => {
-                    g.format = match value(&mut i, inline, opt)?.as_str() {
+                    let f = value(&mut i, inline, opt)?;
+                    g.table_asked = f == "table";
+                    g.format = match f.as_str() {
                         "json" => Format::Json,
                         "table" | "list" => Format::Table,
+                        other => return Err(format!(
+                            "--format: unknown format \"{other}\" (expected list, table or json)"
+                        )),
+                    }
+                }
+                "-d" | "--data" => {
+                    g.data_json = match value(&mut i, inline, opt)?.as_str() {
+                        "json" => true,
+                        "string" | "bare" => false,
                         other => {
                             return Err(format!(
-                                "--format: unknown format \"{other}\" (expected table or json)"
+                                "--data: unknown format \"{other}\" (expected string, bare or json)"
                             ))
                         }
                     }
+                }
+                "--bare" => {
+                    g.bare = true;
+                    g.no_headings = true;
+                }
+                "--columns" => {
+                    cur.columns = Some(
+                        value(&mut i, inline, opt)?
+                            .split(',')
+                            .map(|c| c.trim().to_string())
+                            .filter(|c| !c.is_empty())
+                            .collect(),
+                    )
                 }
                 "--no-headings" => g.no_headings = true,
                 // Accepted for ovs-vsctl compatibility; they do not change anything here.

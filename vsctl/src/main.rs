@@ -34,6 +34,7 @@ Database commands (tables Bridge, Port, Interface):
   set TABLE RECORD COLUMN[:KEY]=VALUE...         e.g. set Interface p0 type=internal, set Port vm1 tag=10
   get TABLE RECORD COLUMN[:KEY]...               print values, e.g. get Port vm1 tag
   list TABLE [RECORD]...                         print whole records
+  find TABLE [COLUMN[:KEY]=VALUE]...             print records whose columns have these values
   clear TABLE RECORD COLUMN...                   empty columns (Port), e.g. clear Port vm1 tag
   remove TABLE RECORD COLUMN VALUE...            remove values (Port), e.g. remove Port up trunks 20
 Flow commands (ovs-ofctl syntax; flows persist across restarts):
@@ -56,6 +57,9 @@ Options:
   -t, --timeout=SECS            give up after SECS seconds (default 30)
   -f, --format=table|json       output format for show, list-br, list-ports, fdb-show, port-stats
   --no-headings                 omit table headings
+  --columns=COL,...             list/find: print only these columns, in this order
+  --data=json                   print values in OVSDB's JSON notation
+  --bare                        list/find/get: values only
   --may-exist, --if-exists      per-command: do not fail if the object exists / is missing
   -h, --help, -V, --version";
 
@@ -164,6 +168,10 @@ fn to_op(cmd: &Command) -> Result<Option<Op>, Failure> {
         }
         "list" => {
             need(cmd, 1, usize::MAX, "TABLE [RECORD]...")?;
+            return Ok(None);
+        }
+        "find" => {
+            need(cmd, 1, usize::MAX, "TABLE [COLUMN[:KEY]=VALUE]...")?;
             return Ok(None);
         }
         "add-flow" => {
@@ -309,24 +317,36 @@ fn run(g: &Global, cmds: &[Command]) -> Result<(), Failure> {
             }
             "show" => output::show(&mut out, g, &state),
             "get" => {
-                let row = output::row(&state, &a[0], &a[1])?;
+                let row = match output::row(&state, &a[0], &a[1]) {
+                    Ok(r) => r,
+                    Err(_) if c.if_exists => continue,
+                    Err(e) => return Err(e.into()),
+                };
                 for col in &a[2..] {
-                    output::get(&mut out, &row, col)
+                    output::get(&mut out, g, &row, col)
                         .map_err(|e| format!("{e} (table {}, record {})", a[0], a[1]))?;
                 }
             }
-            "list" => {
-                let records: Vec<String> = if a.len() > 1 {
-                    a[1..].to_vec()
+            "list" | "find" => {
+                let (records, conds): (Vec<String>, &[String]) = if c.name == "find" {
+                    (output::records(&state, &a[0])?, &a[1..])
+                } else if a.len() > 1 {
+                    (a[1..].to_vec(), &[])
                 } else {
-                    output::records(&state, &a[0])?
+                    (output::records(&state, &a[0])?, &[])
                 };
-                for (i, r) in records.iter().enumerate() {
-                    if i > 0 {
-                        out.push('\n');
+                let mut rows = Vec::new();
+                for r in &records {
+                    let row = output::row(&state, &a[0], r)?;
+                    let mut keep = true;
+                    for c in conds {
+                        keep &= output::matches(&row, c)?;
                     }
-                    output::list_row(&mut out, &output::row(&state, &a[0], r)?);
+                    if keep {
+                        rows.push(row);
+                    }
                 }
+                output::records_out(&mut out, g, &rows, c.columns.as_deref())?;
             }
             "fdb-show" => {
                 let rows: Vec<rpc::FdbRow> =

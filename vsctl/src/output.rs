@@ -8,16 +8,27 @@ use vswitchd::rpc::{FdbRow, FlowRow, PortStatsRow, State};
 use crate::args::{Format, Global};
 
 /// ovs-vsctl's `{k=v, k2=v2}` map notation.
-fn map(m: &std::collections::BTreeMap<String, String>) -> String {
-    let items: Vec<String> = m.iter().map(|(k, v)| format!("{k}={}", quote(v))).collect();
+fn map(m: &std::collections::BTreeMap<String, String>, numeric: bool) -> String {
+    let items: Vec<String> = m
+        .iter()
+        .map(|(k, v)| format!("{k}={}", if numeric { v.clone() } else { quote(v) }))
+        .collect();
     format!("{{{}}}", items.join(", "))
 }
 
+/// A string as OVSDB prints it: bare when it reads as an identifier (starts with a
+/// letter or `_`, then letters, digits, `-_.`) and is not `true`/`false`; quoted
+/// otherwise, so `"1"` stays a string and not a number.
 fn quote(v: &str) -> String {
-    if !v.is_empty()
+    let bare = v
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && v.chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-    {
+        && v != "true"
+        && v != "false";
+    if bare {
         v.to_string()
     } else {
         format!("{v:?}")
@@ -52,154 +63,365 @@ fn set<T: std::fmt::Display>(items: &[T]) -> String {
     format!("[{}]", v.join(", "))
 }
 
-fn opt<T: std::fmt::Display>(v: &Option<T>) -> String {
-    v.as_ref().map_or("[]".into(), |x| quote(&x.to_string()))
+/// One value of a record: how ovs-vsctl prints it, and the same in OVSDB's JSON.
+#[derive(Clone)]
+pub struct Cell {
+    pub text: String,
+    pub json: serde_json::Value,
 }
 
-/// One record of a table as (column, formatted value) pairs, in ovs-vsctl's order.
+fn cell_str(v: &str) -> Cell {
+    Cell {
+        text: quote(v),
+        json: json!(v),
+    }
+}
+
+fn cell_opt<T: std::fmt::Display + serde::Serialize>(v: &Option<T>) -> Cell {
+    match v {
+        Some(x) => {
+            let j = json!(x);
+            Cell {
+                text: match &j {
+                    serde_json::Value::String(s) => quote(s),
+                    _ => x.to_string(),
+                },
+                json: j,
+            }
+        }
+        None => Cell {
+            text: "[]".into(),
+            json: json!(["set", []]),
+        },
+    }
+}
+
+fn cell_set<T: std::fmt::Display + serde::Serialize>(items: &[T]) -> Cell {
+    Cell {
+        text: set(items),
+        json: if items.len() == 1 {
+            json!(items[0])
+        } else {
+            json!(["set", items])
+        },
+    }
+}
+
+/// Map columns whose values are integers (printed bare, JSON numbers).
+const INTEGER_MAPS: &[&str] = &["statistics"];
+
+fn map_value(col: &str, v: &str) -> Cell {
+    match v.parse::<i64>() {
+        Ok(n) if INTEGER_MAPS.contains(&col) => Cell {
+            text: v.to_string(),
+            json: json!(n),
+        },
+        _ => cell_str(v),
+    }
+}
+
+fn cell_map(col: &str, m: &std::collections::BTreeMap<String, String>) -> Cell {
+    let pairs: Vec<serde_json::Value> = m
+        .iter()
+        .map(|(k, v)| json!([k, map_value(col, v).json]))
+        .collect();
+    Cell {
+        text: map(m, INTEGER_MAPS.contains(&col)),
+        json: json!(["map", pairs]),
+    }
+}
+
+/// One record of a table: its columns in ovs-vsctl's order, and its map columns
+/// (for `COLUMN:KEY`).
 pub struct Row {
-    pub cols: Vec<(&'static str, String)>,
+    pub table: &'static str,
+    pub cols: Vec<(&'static str, Cell)>,
     pub maps: Vec<(&'static str, std::collections::BTreeMap<String, String>)>,
 }
 
-fn norm(s: &str) -> String {
-    s.to_ascii_lowercase().replace('-', "_")
+impl Row {
+    fn new(
+        table: &'static str,
+        cols: Vec<(&'static str, Cell)>,
+        maps: Vec<(&'static str, std::collections::BTreeMap<String, String>)>,
+    ) -> Row {
+        let mut cols = cols;
+        cols.extend(maps.iter().map(|(c, m)| (*c, cell_map(c, m))));
+        cols.sort_by(|a, b| a.0.cmp(b.0));
+        Row { table, cols, maps }
+    }
+
+    fn cell(&self, col: &str) -> Option<&Cell> {
+        self.cols.iter().find(|(c, _)| *c == col).map(|(_, v)| v)
+    }
+}
+
+fn table_of(name: &str) -> Result<&'static str, String> {
+    vswitchd::config::resolve_table(name)
+        .map_err(|_| format!("unknown table \"{name}\" (expected Bridge, Port or Interface)"))
+}
+
+fn column_of(table: &'static str, name: &str) -> Result<&'static str, String> {
+    vswitchd::config::resolve_column(table, name).map_err(|e| e.to_string())
 }
 
 pub fn records(st: &State, table: &str) -> Result<Vec<String>, String> {
-    Ok(match norm(table).as_str() {
-        "bridge" => st.config.bridges.keys().cloned().collect(),
-        "port" | "interface" => st
+    Ok(match table_of(table)? {
+        "Bridge" => st.config.bridges.keys().cloned().collect(),
+        _ => st
             .config
             .bridges
             .values()
             .flat_map(|b| b.ports.keys().cloned())
             .collect(),
-        _ => {
-            return Err(format!(
-                "unknown table \"{table}\" (expected Bridge, Port or Interface)"
-            ))
-        }
     })
 }
 
 pub fn row(st: &State, table: &str, record: &str) -> Result<Row, String> {
     let no_row = || format!("no row \"{record}\" in table {table}");
-    match norm(table).as_str() {
-        "bridge" => {
+    match table_of(table)? {
+        "Bridge" => {
             let b = st.config.bridges.get(record).ok_or_else(no_row)?;
             let ports: Vec<&String> = b.ports.keys().collect();
-            Ok(Row {
-                cols: vec![
-                    ("name", quote(record)),
-                    ("datapath_type", quote(&b.datapath_type)),
-                    ("ports", set(&ports)),
+            Ok(Row::new(
+                "Bridge",
+                vec![
+                    ("name", cell_str(record)),
+                    ("datapath_type", cell_str(&b.datapath_type)),
+                    ("ports", cell_set(&ports)),
                 ],
-                maps: vec![
+                vec![
                     ("external_ids", b.external_ids.clone()),
                     ("other_config", b.other_config.clone()),
                 ],
-            })
+            ))
         }
-        "port" => {
+        "Port" => {
             let p = st.config.port(record).ok_or_else(no_row)?;
-            Ok(Row {
-                cols: vec![
-                    ("name", quote(record)),
-                    ("interfaces", set(&[record])),
-                    ("tag", opt(&p.tag)),
-                    ("trunks", set(&p.trunks)),
-                    ("vlan_mode", opt(&p.vlan_mode)),
+            Ok(Row::new(
+                "Port",
+                vec![
+                    ("name", cell_str(record)),
+                    ("interfaces", cell_set(&[record])),
+                    ("tag", cell_opt(&p.tag)),
+                    ("trunks", cell_set(&p.trunks)),
+                    (
+                        "vlan_mode",
+                        cell_opt(&p.vlan_mode.as_ref().map(|m| m.to_string())),
+                    ),
                 ],
-                maps: vec![
+                vec![
                     ("external_ids", p.external_ids.clone()),
                     ("other_config", p.other_config.clone()),
                 ],
-            })
+            ))
         }
-        "interface" => {
+        _ => {
             let p = st.config.port(record).ok_or_else(no_row)?;
             let i = &p.interface;
             let status = st.status.get(record);
-            Ok(Row {
-                cols: vec![
-                    ("name", quote(record)),
-                    (
-                        "type",
-                        if i.kind == vswitchd::config::IfaceType::System {
-                            "\"\"".into()
-                        } else {
-                            i.kind.to_string()
-                        },
-                    ),
+            let kind = if i.kind == vswitchd::config::IfaceType::System {
+                String::new()
+            } else {
+                i.kind.to_string()
+            };
+            let stats: std::collections::BTreeMap<String, String> = status
+                .and_then(|s| s.statistics)
+                .and_then(|v| serde_json::to_value(v).ok())
+                .and_then(|v| v.as_object().cloned())
+                .map(|o| o.into_iter().map(|(k, v)| (k, v.to_string())).collect())
+                .unwrap_or_default();
+            Ok(Row::new(
+                "Interface",
+                vec![
+                    ("name", cell_str(record)),
+                    ("type", cell_str(&kind)),
                     (
                         "ofport",
-                        status.map_or("[]".into(), |s| s.ofport.to_string()),
+                        Cell {
+                            text: status.map_or("[]".into(), |s| s.ofport.to_string()),
+                            json: status.map_or(json!(["set", []]), |s| json!(s.ofport)),
+                        },
                     ),
-                    ("ofport_request", opt(&i.ofport_request)),
-                    (
-                        "error",
-                        status
-                            .and_then(|s| s.error.clone())
-                            .map_or("[]".into(), |e| format!("{e:?}")),
-                    ),
+                    ("ofport_request", cell_opt(&i.ofport_request)),
+                    ("mtu", cell_opt(&status.and_then(|s| s.mtu))),
+                    ("mtu_request", cell_opt(&i.mtu_request)),
+                    ("error", cell_opt(&status.and_then(|s| s.error.clone()))),
                     (
                         "mac_in_use",
-                        status
-                            .and_then(|s| s.mac_in_use.clone())
-                            .map_or("[]".into(), |m| format!("{m:?}")),
+                        cell_opt(&status.and_then(|s| s.mac_in_use.clone())),
                     ),
                 ],
-                maps: vec![
+                vec![
                     ("external_ids", i.external_ids.clone()),
                     ("options", i.options.clone()),
+                    ("statistics", stats),
                 ],
-            })
+            ))
         }
-        _ => Err(format!(
-            "unknown table \"{table}\" (expected Bridge, Port or Interface)"
-        )),
     }
 }
 
 /// `get`: one value per line; `COLUMN:KEY` picks a map entry.
-pub fn get(out: &mut String, row: &Row, spec: &str) -> Result<(), String> {
+pub fn get(out: &mut String, g: &Global, row: &Row, spec: &str) -> Result<(), String> {
     let (col, key) = match spec.split_once(':') {
-        Some((c, k)) => (norm(c), Some(k)),
-        None => (norm(spec), None),
+        Some((c, k)) => (column_of(row.table, c)?, Some(k)),
+        None => (column_of(row.table, spec)?, None),
     };
-    if let Some((_, v)) = row.cols.iter().find(|(c, _)| *c == col) {
-        if key.is_some() {
-            return Err(format!("column {col} is not a map"));
+    let text = |c: &Cell| {
+        if g.data_json {
+            c.json.to_string()
+        } else {
+            c.text.clone()
         }
-        let _ = writeln!(out, "{v}");
-        return Ok(());
-    }
-    if let Some((_, m)) = row.maps.iter().find(|(c, _)| *c == col) {
-        match key {
-            Some(k) => match m.get(k) {
-                Some(v) => {
-                    let _ = writeln!(out, "{}", quote(v));
-                }
-                None => return Err(format!("no key \"{k}\" in column {col}")),
-            },
-            None => {
-                let _ = writeln!(out, "{}", map(m));
+    };
+    match (key, row.maps.iter().find(|(c, _)| *c == col)) {
+        (Some(k), Some((_, m))) => match m.get(k) {
+            Some(v) => {
+                let _ = writeln!(out, "{}", text(&map_value(col, v)));
             }
+            None => return Err(format!("no key \"{k}\" in column {col}")),
+        },
+        (Some(_), None) => return Err(format!("column {col} is not a map")),
+        (None, _) => {
+            let c = row
+                .cell(col)
+                .ok_or_else(|| format!("no column named {col}"))?;
+            let _ = writeln!(out, "{}", text(c));
         }
-        return Ok(());
     }
-    Err(format!("no column named {col}"))
+    Ok(())
 }
 
-/// `list`: every column as `name : value`, aligned as ovs-vsctl does.
-pub fn list_row(out: &mut String, row: &Row) {
-    let mut all: Vec<(&str, String)> = row.cols.iter().map(|(c, v)| (*c, v.clone())).collect();
-    all.extend(row.maps.iter().map(|(c, m)| (*c, map(m))));
-    all.sort_by(|a, b| a.0.cmp(b.0));
-    for (c, v) in all {
-        let _ = writeln!(out, "{c:<19}: {v}");
+/// Whether `row` satisfies `COLUMN[:KEY]=VALUE` (`find`'s condition; `VALUE` as
+/// ovs-vsctl prints it, quoted or not).
+pub fn matches(row: &Row, cond: &str) -> Result<bool, String> {
+    let (lhs, want) = cond
+        .split_once('=')
+        .ok_or_else(|| format!("\"{cond}\": expected COLUMN[:KEY]=VALUE"))?;
+    let want = want.trim_matches('"');
+    let (col, key) = match lhs.split_once(':') {
+        Some((c, k)) => (column_of(row.table, c)?, Some(k)),
+        None => (column_of(row.table, lhs)?, None),
+    };
+    Ok(match key {
+        Some(k) => row
+            .maps
+            .iter()
+            .find(|(c, _)| *c == col)
+            .and_then(|(_, m)| m.get(k))
+            .is_some_and(|v| v == want),
+        None => row
+            .cell(col)
+            .is_some_and(|c| c.text.trim_matches('"') == want || c.json == json!(want)),
+    })
+}
+
+/// `list` and `find`: records in ovs-vsctl's layouts — `name : value` blocks (the
+/// default), an aligned table (`--format=table`), JSON (`--format=json`), or bare
+/// values (`--bare`); `columns` picks and orders columns.
+pub fn records_out(
+    out: &mut String,
+    g: &Global,
+    rows: &[Row],
+    columns: Option<&[String]>,
+) -> Result<(), String> {
+    let Some(first) = rows.first() else {
+        if g.format == Format::Json {
+            let _ = writeln!(out, "{}", json!({"data": [], "headings": []}));
+        }
+        return Ok(());
+    };
+    let cols: Vec<&'static str> = match columns {
+        Some(cs) => cs
+            .iter()
+            .map(|c| column_of(first.table, c))
+            .collect::<Result<_, _>>()?,
+        None => first.cols.iter().map(|(c, _)| *c).collect(),
+    };
+    let text = |c: &Cell| {
+        if g.data_json {
+            c.json.to_string()
+        } else {
+            c.text.clone()
+        }
+    };
+    let cells = |r: &Row| -> Vec<Cell> {
+        cols.iter()
+            .map(|c| {
+                r.cell(c)
+                    .cloned()
+                    .unwrap_or_else(|| cell_opt::<String>(&None))
+            })
+            .collect()
+    };
+    if g.format == Format::Json {
+        let data: Vec<Vec<serde_json::Value>> = rows
+            .iter()
+            .map(|r| cells(r).into_iter().map(|c| c.json).collect())
+            .collect();
+        let _ = writeln!(out, "{}", json!({"data": data, "headings": cols}));
+    } else if g.bare {
+        for (i, r) in rows.iter().enumerate() {
+            if i > 0 {
+                out.push('\n');
+            }
+            for c in cells(r) {
+                let _ = writeln!(out, "{}", text(&c).trim_matches('"'));
+            }
+        }
+    } else if g.table_asked {
+        let table: Vec<Vec<String>> = rows
+            .iter()
+            .map(|r| cells(r).iter().map(text).collect())
+            .collect();
+        let widths: Vec<usize> = cols
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                table
+                    .iter()
+                    .map(|r| r[i].len())
+                    .max()
+                    .unwrap_or(0)
+                    .max(c.len())
+            })
+            .collect();
+        let line = |out: &mut String, vals: Vec<&str>| {
+            let v: Vec<String> = vals
+                .iter()
+                .zip(&widths)
+                .map(|(s, w)| format!("{s:<w$}"))
+                .collect();
+            let _ = writeln!(out, "{}", v.join(" ").trim_end());
+        };
+        if !g.no_headings {
+            line(out, cols.to_vec());
+            line(
+                out,
+                widths
+                    .iter()
+                    .map(|w| "-".repeat(*w))
+                    .collect::<Vec<_>>()
+                    .iter()
+                    .map(String::as_str)
+                    .collect(),
+            );
+        }
+        for r in &table {
+            line(out, r.iter().map(String::as_str).collect());
+        }
+    } else {
+        for (i, r) in rows.iter().enumerate() {
+            if i > 0 {
+                out.push('\n');
+            }
+            for (c, v) in cols.iter().zip(cells(r)) {
+                let _ = writeln!(out, "{c:<19}: {}", text(&v));
+            }
+        }
     }
+    Ok(())
 }
 
 pub fn show(out: &mut String, g: &Global, st: &State) {
@@ -229,7 +451,7 @@ pub fn show(out: &mut String, g: &Global, st: &State) {
                 let _ = writeln!(out, "                type: {}", i.kind);
             }
             if !i.options.is_empty() {
-                let _ = writeln!(out, "                options: {}", map(&i.options));
+                let _ = writeln!(out, "                options: {}", map(&i.options, false));
             }
             if let Some(s) = st.status.get(pname) {
                 let _ = writeln!(

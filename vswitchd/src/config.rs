@@ -188,6 +188,9 @@ pub struct Interface {
     pub external_ids: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ofport_request: Option<PortNo>,
+    /// The MTU the switch sets on the device (`mtu_request`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu_request: Option<u32>,
     /// Assigned by the switch and persisted, so flows and MAC entries keep meaning
     /// the same port across restarts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -303,9 +306,103 @@ pub fn check_name(name: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// Open vSwitch's forgiving column-name matching: case-insensitive, `-` = `_`.
+/// Open vSwitch's forgiving name matching: case-insensitive, `-` = `_`.
 fn norm(s: &str) -> String {
     s.to_ascii_lowercase().replace('-', "_")
+}
+
+/// The tables and columns the database commands know, in ovs-vsctl's spelling.
+pub const TABLES: &[(&str, &[&str])] = &[
+    (
+        "Bridge",
+        &[
+            "name",
+            "datapath_type",
+            "ports",
+            "external_ids",
+            "other_config",
+        ],
+    ),
+    (
+        "Port",
+        &[
+            "name",
+            "interfaces",
+            "tag",
+            "trunks",
+            "vlan_mode",
+            "external_ids",
+            "other_config",
+        ],
+    ),
+    (
+        "Interface",
+        &[
+            "name",
+            "type",
+            "ofport",
+            "ofport_request",
+            "mtu",
+            "mtu_request",
+            "error",
+            "mac_in_use",
+            "statistics",
+            "external_ids",
+            "options",
+        ],
+    ),
+];
+
+/// `name` as one of `candidates`: equal after [`norm`], else the one candidate it is
+/// a prefix of (ovs-vsctl accepts any unique abbreviation: `trunk` for `trunks`).
+fn unique<'a>(name: &str, candidates: impl Iterator<Item = &'a str> + Clone) -> Option<&'a str> {
+    let n = norm(name);
+    if let Some(c) = candidates.clone().find(|c| norm(c) == n) {
+        return Some(c);
+    }
+    let mut hits = candidates.filter(|c| !n.is_empty() && norm(c).starts_with(&n));
+    match (hits.next(), hits.next()) {
+        (Some(c), None) => Some(c),
+        _ => None,
+    }
+}
+
+/// The table `name` stands for (`port`, `Int`, ...).
+pub fn resolve_table(name: &str) -> Result<&'static str, ConfigError> {
+    unique(name, TABLES.iter().map(|t| t.0))
+        .ok_or_else(|| ConfigError::UnsupportedTable(name.to_string()))
+}
+
+/// The column `name` stands for in `table` (`external-ids`, `Trunk`, ...).
+pub fn resolve_column(table: &'static str, name: &str) -> Result<&'static str, ConfigError> {
+    let cols = TABLES
+        .iter()
+        .find(|t| t.0 == table)
+        .map_or(&[][..], |t| t.1);
+    unique(name, cols.iter().copied()).ok_or_else(|| ConfigError::UnknownColumn {
+        table,
+        column: name.to_string(),
+    })
+}
+
+/// Clears (`values` empty) or removes `values` from a map column: a value is a key,
+/// or `key=value` (removed only if the value matches), as in ovs-vsctl.
+fn remove_from_map(map: &mut BTreeMap<String, String>, values: &[String]) {
+    if values.is_empty() {
+        map.clear();
+        return;
+    }
+    for v in values {
+        match v.split_once('=') {
+            Some((k, val)) if map.get(k).map(String::as_str) == Some(val.trim_matches('"')) => {
+                map.remove(k);
+            }
+            Some(_) => {}
+            None => {
+                map.remove(v.trim_matches('"'));
+            }
+        }
+    }
 }
 
 fn set_map(
@@ -638,21 +735,8 @@ impl Config {
                 record,
                 columns,
             } => {
-                let p = self.port_row(table, record)?;
                 for c in columns {
-                    match norm(c).as_str() {
-                        "tag" => p.tag = None,
-                        "trunks" => p.trunks.clear(),
-                        "vlan_mode" => p.vlan_mode = None,
-                        "other_config" => p.other_config.clear(),
-                        "external_ids" => p.external_ids.clear(),
-                        _ => {
-                            return Err(ConfigError::UnknownColumn {
-                                table: "Port",
-                                column: c.clone(),
-                            })
-                        }
-                    }
+                    self.remove_values(table, record, c, &[])?;
                 }
                 Ok(())
             }
@@ -661,47 +745,7 @@ impl Config {
                 record,
                 column,
                 values,
-            } => {
-                let p = self.port_row(table, record)?;
-                match norm(column).as_str() {
-                    "trunks" => {
-                        let gone = parse_vlan_list("trunks", &values.join(","))?;
-                        p.trunks.retain(|v| !gone.contains(v));
-                    }
-                    "tag" => {
-                        let gone = parse_vlan_list("tag", &values.join(","))?;
-                        if p.tag.is_some_and(|t| gone.contains(&t)) {
-                            p.tag = None;
-                        }
-                    }
-                    "other_config" | "external_ids" => {
-                        let map = if norm(column) == "other_config" {
-                            &mut p.other_config
-                        } else {
-                            &mut p.external_ids
-                        };
-                        for v in values {
-                            // Either a key, or key=value (removed only if the value matches).
-                            match v.split_once('=') {
-                                Some((k, val)) if map.get(k).map(String::as_str) == Some(val) => {
-                                    map.remove(k);
-                                }
-                                Some(_) => {}
-                                None => {
-                                    map.remove(v.as_str());
-                                }
-                            }
-                        }
-                    }
-                    _ => {
-                        return Err(ConfigError::UnknownColumn {
-                            table: "Port",
-                            column: column.clone(),
-                        })
-                    }
-                }
-                Ok(())
-            }
+            } => self.remove_values(table, record, column, values),
             Op::Set {
                 table,
                 record,
@@ -711,14 +755,14 @@ impl Config {
                     table: table.clone(),
                     record: record.clone(),
                 };
-                match norm(table).as_str() {
-                    "bridge" => {
+                match resolve_table(table)? {
+                    "Bridge" => {
                         let b = self.bridges.get_mut(record).ok_or_else(no_row)?;
                         for s in settings {
                             set_bridge_column(b, s)?;
                         }
                     }
-                    "port" | "interface" => {
+                    t => {
                         let br = self.port_bridge(record).ok_or_else(no_row)?.to_string();
                         let p = self
                             .bridges
@@ -728,14 +772,13 @@ impl Config {
                             .get_mut(record)
                             .unwrap();
                         for s in settings {
-                            if norm(table) == "port" {
+                            if t == "Port" {
                                 set_port_column(p, s)?;
                             } else {
                                 set_iface_column(&mut p.interface, s)?;
                             }
                         }
                     }
-                    _ => return Err(ConfigError::UnknownTable(table.clone())),
                 }
                 Ok(())
             }
@@ -743,10 +786,73 @@ impl Config {
     }
 
     /// The Port row `record`, for ops that only Port supports so far.
-    fn port_row(&mut self, table: &str, record: &str) -> Result<&mut Port, ConfigError> {
-        if norm(table) != "port" {
-            return Err(ConfigError::UnsupportedTable(table.to_string()));
+    /// `remove TABLE RECORD COLUMN VALUE...`, or `clear` when `values` is empty.
+    fn remove_values(
+        &mut self,
+        table: &str,
+        record: &str,
+        column: &str,
+        values: &[String],
+    ) -> Result<(), ConfigError> {
+        let t = resolve_table(table)?;
+        let col = resolve_column(t, column)?;
+        let read_only = || ConfigError::BadValue {
+            table: t,
+            column: col.to_string(),
+            reason: "this column cannot be cleared or removed from".into(),
+        };
+        match t {
+            "Bridge" => {
+                let b = self
+                    .bridges
+                    .get_mut(record)
+                    .ok_or_else(|| ConfigError::NoRow {
+                        table: table.to_string(),
+                        record: record.to_string(),
+                    })?;
+                match col {
+                    "external_ids" => remove_from_map(&mut b.external_ids, values),
+                    "other_config" => remove_from_map(&mut b.other_config, values),
+                    _ => return Err(read_only()),
+                }
+            }
+            "Port" => {
+                let p = self.port_row(table, record)?;
+                match col {
+                    "trunks" if values.is_empty() => p.trunks.clear(),
+                    "trunks" => {
+                        let gone = parse_vlan_list("trunks", &values.join(","))?;
+                        p.trunks.retain(|v| !gone.contains(v));
+                    }
+                    "tag" if values.is_empty() => p.tag = None,
+                    "tag" => {
+                        let gone = parse_vlan_list("tag", &values.join(","))?;
+                        if p.tag.is_some_and(|t| gone.contains(&t)) {
+                            p.tag = None;
+                        }
+                    }
+                    "vlan_mode" if values.is_empty() => p.vlan_mode = None,
+                    "external_ids" => remove_from_map(&mut p.external_ids, values),
+                    "other_config" => remove_from_map(&mut p.other_config, values),
+                    _ => return Err(read_only()),
+                }
+            }
+            _ => {
+                let i = &mut self.port_row(table, record)?.interface;
+                match col {
+                    "external_ids" => remove_from_map(&mut i.external_ids, values),
+                    "options" => remove_from_map(&mut i.options, values),
+                    "ofport_request" if values.is_empty() => i.ofport_request = None,
+                    "mtu_request" if values.is_empty() => i.mtu_request = None,
+                    _ => return Err(read_only()),
+                }
+            }
         }
+        Ok(())
+    }
+
+    /// The Port row `record` (whose Interface row has the same name).
+    fn port_row(&mut self, table: &str, record: &str) -> Result<&mut Port, ConfigError> {
         let br = self
             .port_bridge(record)
             .ok_or_else(|| ConfigError::NoRow {
@@ -873,7 +979,7 @@ impl Config {
 }
 
 fn set_bridge_column(b: &mut Bridge, s: &Setting) -> Result<(), ConfigError> {
-    match norm(&s.column).as_str() {
+    match resolve_column("Bridge", &s.column)? {
         "other_config" => set_map(&mut b.other_config, "Bridge", s),
         "external_ids" => set_map(&mut b.external_ids, "Bridge", s),
         "datapath_type" => {
@@ -910,7 +1016,7 @@ pub fn parse_vlan_list(column: &str, v: &str) -> Result<Vec<u16>, ConfigError> {
 }
 
 fn set_port_column(p: &mut Port, s: &Setting) -> Result<(), ConfigError> {
-    match norm(&s.column).as_str() {
+    match resolve_column("Port", &s.column)? {
         "tag" => {
             no_key("Port", s)?;
             let v = parse_vlan_list("tag", &s.value)?;
@@ -924,7 +1030,7 @@ fn set_port_column(p: &mut Port, s: &Setting) -> Result<(), ConfigError> {
             p.tag = v.first().copied();
             Ok(())
         }
-        "trunks" | "trunk" => {
+        "trunks" => {
             no_key("Port", s)?;
             p.trunks = parse_vlan_list("trunks", &s.value)?;
             Ok(())
@@ -957,7 +1063,7 @@ fn set_port_column(p: &mut Port, s: &Setting) -> Result<(), ConfigError> {
 }
 
 fn set_iface_column(i: &mut Interface, s: &Setting) -> Result<(), ConfigError> {
-    match norm(&s.column).as_str() {
+    match resolve_column("Interface", &s.column)? {
         "type" => {
             no_key("Interface", s)?;
             i.kind = IfaceType::parse(&s.value).ok_or_else(|| ConfigError::BadValue {
@@ -996,6 +1102,12 @@ fn set_iface_column(i: &mut Interface, s: &Setting) -> Result<(), ConfigError> {
             set_map(&mut i.options, "Interface", s)
         }
         "external_ids" => set_map(&mut i.external_ids, "Interface", s),
+        "mtu_request" => {
+            no_key("Interface", s)?;
+            i.mtu_request =
+                Some(parse_u64_in("Interface", "mtu_request", &s.value, 68, 65535)? as u32);
+            Ok(())
+        }
         "ofport_request" => {
             no_key("Interface", s)?;
             i.ofport_request = if s.value.is_empty() || s.value == "[]" {

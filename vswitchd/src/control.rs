@@ -63,6 +63,7 @@ impl Daemon {
             drop(closing);
         }
         self.devices.open_missing(&self.config);
+        self.devices.apply_mtus(&self.config);
         self.publish().await;
     }
 
@@ -75,6 +76,7 @@ impl Daemon {
         } else if self.devices.missing(&self.config) && self.devices.open_missing(&self.config) {
             // Only a device that actually opened needs a new snapshot; one that keeps
             // failing must not make the datapath reconfigure every second.
+            self.devices.apply_mtus(&self.config);
             self.publish().await;
         }
     }

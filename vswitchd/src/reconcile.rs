@@ -218,6 +218,30 @@ impl Devices {
         changed
     }
 
+    /// Gives every open device with an `mtu_request` that MTU (when it differs, so a
+    /// recheck costs one ioctl per such device); a refusal is the interface's error.
+    pub fn apply_mtus(&mut self, cfg: &Config) {
+        for b in cfg.bridges.values() {
+            for (name, p) in &b.ports {
+                let (Some(want), true) = (p.interface.mtu_request, self.open.contains_key(name))
+                else {
+                    continue;
+                };
+                if sys::mtu(name).ok() == Some(want) {
+                    continue;
+                }
+                match sys::set_mtu(name, want) {
+                    Ok(()) => info!("{name}: MTU set to {want}"),
+                    Err(e) => {
+                        let msg = format!("could not set the MTU of {name} to {want} ({e})");
+                        warn!("{msg}");
+                        self.errors.insert(name.clone(), msg);
+                    }
+                }
+            }
+        }
+    }
+
     fn stats_for(&mut self, name: &str) -> Arc<PortStats> {
         self.stats.entry(name.to_string()).or_default().clone()
     }
@@ -358,6 +382,7 @@ impl Devices {
                         mac_in_use: sys::mac_address(name)
                             .ok()
                             .map(|m| ofproto::MacAddr(m).to_string()),
+                        ..IfaceStatus::default()
                     },
                     (_, None) => IfaceStatus {
                         ofport: -1,
@@ -370,6 +395,11 @@ impl Devices {
                         ..IfaceStatus::default()
                     },
                 };
+                let mut st = st;
+                st.statistics = self.stats.get(name).map(|s| s.view());
+                if self.open.contains_key(name) {
+                    st.mtu = sys::mtu(name).ok();
+                }
                 out.insert(name.clone(), st);
             }
         }

@@ -162,6 +162,12 @@ pub struct IfaceStatus {
     pub ifindex: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mac_in_use: Option<String>,
+    /// The device's MTU now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mtu: Option<u32>,
+    /// Counters, with Open vSwitch's `statistics` keys.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub statistics: Option<crate::stats::StatsView>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

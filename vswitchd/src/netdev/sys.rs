@@ -75,3 +75,27 @@ pub fn mac_address(name: &str) -> io::Result<[u8; 6]> {
     }
     Ok(mac)
 }
+
+/// The MTU of `name`.
+pub fn mtu(name: &str) -> io::Result<u32> {
+    let sock = ctl_socket()?;
+    let mut req = ifreq_for(name)?;
+    // SAFETY: SIOCGIFMTU writes an int into the ifreq we own.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFMTU, &mut req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: ifru_mtu is the member SIOCGIFMTU filled in.
+    Ok(unsafe { req.ifr_ifru.ifru_mtu } as u32)
+}
+
+/// Sets the MTU of `name`.
+pub fn set_mtu(name: &str, mtu: u32) -> io::Result<()> {
+    let sock = ctl_socket()?;
+    let mut req = ifreq_for(name)?;
+    req.ifr_ifru.ifru_mtu = mtu as libc::c_int;
+    // SAFETY: SIOCSIFMTU reads the ifreq we own.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCSIFMTU, &req) } < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
