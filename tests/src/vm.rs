@@ -139,7 +139,12 @@ pub enum TapSetup<'a> {
 impl Guest {
     /// Boots a guest with address `ip_cidr` on a new tap, and waits for it.
     pub fn boot(tag: &str, ip_cidr: &str, setup: TapSetup<'_>) -> Guest {
-        let tap = uniq(tag);
+        Guest::boot_on(&uniq(tag), ip_cidr, setup)
+    }
+
+    /// Boots a guest on a tap named `tap` (a VM started again keeps its tap's name).
+    pub fn boot_on(tap: &str, ip_cidr: &str, setup: TapSetup<'_>) -> Guest {
+        let tap = tap.to_string();
         let n: u32 = tap
             .bytes()
             .fold(0u32, |a, b| a.wrapping_mul(31).wrapping_add(u32::from(b)));

@@ -191,3 +191,36 @@ fn qemu_ifup_scripts_and_libvirt_calls_work_through_ovs_vsctl() {
     ovs_vsctl(&["--timeout=5", "--", "--if-exists", "del-port", &g.tap]);
     assert!(!ovs_vsctl(&["list-ports", &br]).contains(&g.tap));
 }
+
+/// A VM that is shut down leaves its port, with an error in `show`; started again
+/// with the same tap name, it forwards again without any vsctl command.
+#[test]
+fn a_guest_started_again_on_the_same_tap_is_reattached() {
+    let d = Daemon::start();
+    let br = uniq("br");
+    let h = Host::new("gr", "10.0.65.1/24");
+    let tap = uniq("gt");
+    let g = Guest::boot_on(&tap, "10.0.65.5/24", TapSetup::Plain);
+    d.vsctl_ok(&[
+        "add-br", &br, "--", "add-port", &br, &tap, "--", "add-port", &br, &h.port,
+    ]);
+    assert!(h.ping(&g.ip));
+    drop(g);
+    wait_for(
+        std::time::Duration::from_secs(10),
+        "the port to show its error",
+        || {
+            let show = d.vsctl_ok(&["show"]);
+            show.split("Port ")
+                .find(|p| p.starts_with(&tap))
+                .filter(|p| p.contains("error"))
+                .map(|_| ())
+        },
+    );
+    assert!(
+        d.vsctl_ok(&["list-ports", &br]).contains(&tap),
+        "the port stays configured"
+    );
+    let g = Guest::boot_on(&tap, "10.0.65.5/24", TapSetup::Plain);
+    assert!(h.ping(&g.ip), "the restarted guest forwards again");
+}

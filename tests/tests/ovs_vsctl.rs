@@ -120,6 +120,9 @@ fn what_scripts_call_works_through_the_ovs_vsctl_name() {
     let mtu = std::fs::read_to_string(format!("/sys/class/net/{}/mtu", h.port)).unwrap();
     assert_eq!(mtu.trim(), "1400");
     assert_eq!(ovs(&["get", "Interface", &h.port, "mtu"]).trim(), "1400");
+    // The bridge's internal port follows the smallest MTU of its other ports.
+    let local = std::fs::read_to_string(format!("/sys/class/net/{br}/mtu")).unwrap();
+    assert_eq!(local.trim(), "1400");
     h.ns.exec("ping -c 2 -W 1 10.0.64.9");
     let rx: u64 = ovs(&["get", "Interface", &h.port, "statistics:rx_packets"])
         .trim()

@@ -122,9 +122,11 @@ pub fn parse(argv: &[String]) -> Result<Parsed, String> {
                     g.format = match f.as_str() {
                         "json" => Format::Json,
                         "table" | "list" => Format::Table,
-                        other => return Err(format!(
+                        other => {
+                            return Err(format!(
                             "--format: unknown format \"{other}\" (expected list, table or json)"
-                        )),
+                        ))
+                        }
                     }
                 }
                 "-d" | "--data" => {

@@ -253,8 +253,6 @@ pub enum ConfigError {
         column: String,
         reason: String,
     },
-    #[error("clear and remove work on table Port only for now, not \"{0}\"")]
-    UnsupportedTable(String),
     #[error("invalid name \"{name}\": {reason}")]
     BadName { name: String, reason: &'static str },
     #[error("flow {index}: {error}")]
@@ -370,7 +368,7 @@ fn unique<'a>(name: &str, candidates: impl Iterator<Item = &'a str> + Clone) -> 
 /// The table `name` stands for (`port`, `Int`, ...).
 pub fn resolve_table(name: &str) -> Result<&'static str, ConfigError> {
     unique(name, TABLES.iter().map(|t| t.0))
-        .ok_or_else(|| ConfigError::UnsupportedTable(name.to_string()))
+        .ok_or_else(|| ConfigError::UnknownTable(name.to_string()))
 }
 
 /// The column `name` stands for in `table` (`external-ids`, `Trunk`, ...).

@@ -220,11 +220,27 @@ impl Devices {
 
     /// Gives every open device with an `mtu_request` that MTU (when it differs, so a
     /// recheck costs one ioctl per such device); a refusal is the interface's error.
+    ///
+    /// An internal port without `mtu_request` follows its bridge, as in Open vSwitch:
+    /// it takes the smallest MTU of the bridge's other devices, so what the host
+    /// sends through it fits every port (e.g. VMs on 1450 behind a VXLAN underlay).
     pub fn apply_mtus(&mut self, cfg: &Config) {
         for b in cfg.bridges.values() {
+            let follow = b
+                .ports
+                .iter()
+                .filter(|(n, p)| {
+                    p.interface.kind != IfaceType::Internal && self.open.contains_key(n.as_str())
+                })
+                .filter_map(|(n, p)| p.interface.mtu_request.or_else(|| sys::mtu(n).ok()))
+                .min();
             for (name, p) in &b.ports {
-                let (Some(want), true) = (p.interface.mtu_request, self.open.contains_key(name))
-                else {
+                let want = match p.interface.mtu_request {
+                    Some(m) => Some(m),
+                    None if p.interface.kind == IfaceType::Internal => follow,
+                    None => None,
+                };
+                let (Some(want), true) = (want, self.open.contains_key(name)) else {
                     continue;
                 };
                 if sys::mtu(name).ok() == Some(want) {
