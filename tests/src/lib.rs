@@ -344,6 +344,32 @@ impl Daemon {
         String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
+    /// Runs vsctl under the name `ovs-vsctl` (a symlink), finding the daemon the way
+    /// scripts do (`VSWITCH_RUNDIR`); it must succeed. Returns stdout.
+    pub fn ovs_vsctl(&self, args: &[&str]) -> String {
+        let o = Command::new(self.ovs_vsctl_dir().join("ovs-vsctl"))
+            .env("VSWITCH_RUNDIR", &self.dir)
+            .args(args)
+            .output()
+            .expect("run ovs-vsctl");
+        assert!(
+            o.status.success(),
+            "ovs-vsctl {args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    }
+
+    /// A directory holding `ovs-vsctl` → vsctl, for a PATH.
+    pub fn ovs_vsctl_dir(&self) -> PathBuf {
+        let dir = self.dir.join("bin");
+        if !dir.join("ovs-vsctl").exists() {
+            std::fs::create_dir_all(&dir).unwrap();
+            std::os::unix::fs::symlink(bin("vsctl"), dir.join("ovs-vsctl")).unwrap();
+        }
+        dir
+    }
+
     pub fn vsctl_json(&self, args: &[&str]) -> Value {
         let mut a = vec!["--format=json"];
         a.extend_from_slice(args);

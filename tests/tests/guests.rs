@@ -2,8 +2,6 @@
 //! boot under qemu on taps with virtio-net and `vnet_hdr=on` (offloads on: TCP
 //! super-frames with partial checksums arrive on the taps), see `vswitch_tests::vm`.
 
-use std::os::unix::fs::symlink;
-
 use vswitch_tests::vm::{md5_hex, Guest, TapSetup};
 use vswitch_tests::*;
 
@@ -105,9 +103,7 @@ fn qemu_ifup_scripts_and_libvirt_calls_work_through_ovs_vsctl() {
     let h = Host::new("gi", "10.0.63.1/24");
     d.vsctl_ok(&["add-port", &br, &h.port]);
     // `ovs-vsctl` on the PATH is vsctl.
-    let bin_dir = d.dir.join("bin");
-    std::fs::create_dir_all(&bin_dir).unwrap();
-    symlink(bin("vsctl"), bin_dir.join("ovs-vsctl")).unwrap();
+    let bin_dir = d.ovs_vsctl_dir();
     let up = d.dir.join("ovs-ifup");
     let down = d.dir.join("ovs-ifdown");
     // As in qemu's documentation for Open vSwitch.
@@ -136,19 +132,7 @@ fn qemu_ifup_scripts_and_libvirt_calls_work_through_ovs_vsctl() {
     assert!(h.ping(&g.ip), "the ifup script attached the guest");
 
     // libvirt: attach with external-ids in one chained, quoted call; detach.
-    let ovs_vsctl = |args: &[&str]| {
-        let o = std::process::Command::new(bin_dir.join("ovs-vsctl"))
-            .env("VSWITCH_RUNDIR", &d.dir)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "ovs-vsctl {args:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    };
+    let ovs_vsctl = |args: &[&str]| d.ovs_vsctl(args);
     let (iface_id, vm_id) = (
         "5fe0e2e2-1b7a-4d1e-9c53-2f4cbb8f1c11",
         "a2c1a5f4-8e63-4ad3-9b1d-0b3a1f6f6b7e",

@@ -3,7 +3,6 @@
 //! --columns, --format=list|table|json, --data=json, --bare, external_ids on every
 //! table, Interface statistics with Open vSwitch's keys, and mtu_request.
 
-use std::os::unix::fs::symlink;
 use std::process::Command;
 
 use serde_json::Value;
@@ -14,22 +13,7 @@ fn what_scripts_call_works_through_the_ovs_vsctl_name() {
     let d = Daemon::start();
     let br = uniq("br");
     let h = Host::new("ov", "10.0.64.1/24");
-    let dir = d.dir.join("bin");
-    std::fs::create_dir_all(&dir).unwrap();
-    symlink(bin("vsctl"), dir.join("ovs-vsctl")).unwrap();
-    let ovs = |args: &[&str]| -> String {
-        let o = Command::new(dir.join("ovs-vsctl"))
-            .env("VSWITCH_RUNDIR", &d.dir)
-            .args(args)
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "ovs-vsctl {args:?}: {}",
-            String::from_utf8_lossy(&o.stderr)
-        );
-        String::from_utf8_lossy(&o.stdout).into_owned()
-    };
+    let ovs = |args: &[&str]| d.ovs_vsctl(args);
     ovs(&["--timeout=10", "add-br", &br]);
     ovs(&[
         "--may-exist",
@@ -153,7 +137,7 @@ fn what_scripts_call_works_through_the_ovs_vsctl_name() {
     ovs(&["--if-exists", "del-port", &h.port]);
     assert!(ovs(&["list-ports", &br]).trim().is_empty());
     // A typo still names what is wrong.
-    let o = Command::new(dir.join("ovs-vsctl"))
+    let o = Command::new(d.ovs_vsctl_dir().join("ovs-vsctl"))
         .env("VSWITCH_RUNDIR", &d.dir)
         .args(["get", "Bridge", &br, "extrnal_ids"])
         .output()

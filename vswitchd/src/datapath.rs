@@ -522,27 +522,12 @@ impl Worker {
             };
             let mut c = RxCounts::default();
             for i in 0..n {
-                let slot = self.rx.slot(i);
-                if self.rx.truncated(i) || slot.len() < VNET_HDR_LEN {
-                    c.errors += 1;
-                    continue;
-                }
-                let Ok(eth) = EthernetFrame::new_checked(&slot[VNET_HDR_LEN..]) else {
+                let Some((pkt, bytes)) = self.received(i, port, TunMeta::default()) else {
                     c.errors += 1;
                     continue;
                 };
                 c.packets += 1;
-                c.bytes += (slot.len() - VNET_HDR_LEN) as u64;
-                let pkt = Pkt {
-                    slot: i as u16,
-                    head: NO_HEAD,
-                    tci: eth.vlan_tci(),
-                    src: eth.src(),
-                    dst: eth.dst(),
-                    in_port: port,
-                    depth: 0,
-                    tun: TunMeta::default(),
-                };
+                c.bytes += bytes;
                 if !self.ingress(&snap, pkt) {
                     c.dropped += 1;
                 }
@@ -589,31 +574,16 @@ impl Worker {
                     continue;
                 };
                 let stats = &snap.ports[port].stats;
-                let slot = self.rx.slot(i);
-                if self.rx.truncated(i) || slot.len() < VNET_HDR_LEN {
-                    stats.add_rx(0, 0, 0, 1);
-                    continue;
-                }
-                let Ok(eth) = EthernetFrame::new_checked(&slot[VNET_HDR_LEN..]) else {
-                    stats.add_rx(0, 0, 0, 1);
-                    continue;
+                let tun = TunMeta {
+                    id: u64::from(m.key),
+                    // The key's tun_src/tun_dst are IPv4 (as Open vSwitch's are); IPv6
+                    // underlays leave them 0.
+                    src: ipv4_bits(m.src),
+                    dst: ipv4_bits(m.dst),
                 };
-                let bytes = (slot.len() - VNET_HDR_LEN) as u64;
-                let pkt = Pkt {
-                    slot: i as u16,
-                    head: NO_HEAD,
-                    tci: eth.vlan_tci(),
-                    src: eth.src(),
-                    dst: eth.dst(),
-                    in_port: port,
-                    depth: 0,
-                    tun: TunMeta {
-                        id: u64::from(m.key),
-                        // The key's tun_src/tun_dst are IPv4 (as Open vSwitch's
-                        // are); IPv6 underlays leave them 0.
-                        src: ipv4_bits(m.src),
-                        dst: ipv4_bits(m.dst),
-                    },
+                let Some((pkt, bytes)) = self.received(i, port, tun) else {
+                    stats.add_rx(0, 0, 0, 1);
+                    continue;
                 };
                 let admitted = self.ingress(&snap, pkt);
                 stats.add_rx(1, bytes, u64::from(!admitted), 0);
@@ -623,6 +593,28 @@ impl Worker {
                 return;
             }
         }
+    }
+
+    /// Receive slot `i` as a frame entering on `in_port`, and its length; `None` when
+    /// it is not an Ethernet frame (cut by the buffer, or shorter than a header).
+    #[inline]
+    fn received(&self, i: usize, in_port: usize, tun: TunMeta) -> Option<(Pkt, u64)> {
+        let slot = self.rx.slot(i);
+        if self.rx.truncated(i) || slot.len() < VNET_HDR_LEN {
+            return None;
+        }
+        let eth = EthernetFrame::new_checked(&slot[VNET_HDR_LEN..]).ok()?;
+        let pkt = Pkt {
+            slot: i as u16,
+            head: NO_HEAD,
+            tci: eth.vlan_tci(),
+            src: eth.src(),
+            dst: eth.dst(),
+            in_port,
+            depth: 0,
+            tun,
+        };
+        Some((pkt, (slot.len() - VNET_HDR_LEN) as u64))
     }
 
     /// The frame's bytes as they are now: its rewritten headers (or the slot's start),
@@ -865,20 +857,8 @@ impl Worker {
     /// the peer bridge of a patch port.
     fn emit(&mut self, snap: &Snapshot, pkt: &Pkt, out: usize, tag: Option<u16>) {
         let p = &snap.ports[out];
-        match &p.kind {
-            PortKind::Device(_) => {
-                let q = &mut self.txq[out];
-                if q.is_empty() {
-                    self.pending.push(out);
-                }
-                q.push(TxItem {
-                    slot: pkt.slot,
-                    head: pkt.head,
-                    tag,
-                    tun_key: 0,
-                    tun_dst: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-                });
-            }
+        let (tun_key, tun_dst) = match &p.kind {
+            PortKind::Device(_) => (0, IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
             PortKind::Tunnel(t) => {
                 // A port with `key=flow` / `remote_ip=flow` takes them from the flow.
                 let key = t.cfg.key.unwrap_or(pkt.tun.id as u32);
@@ -890,17 +870,7 @@ impl Worker {
                     p.stats.add_tx(0, 0, 1, 0);
                     return;
                 }
-                let q = &mut self.txq[out];
-                if q.is_empty() {
-                    self.pending.push(out);
-                }
-                q.push(TxItem {
-                    slot: pkt.slot,
-                    head: pkt.head,
-                    tag,
-                    tun_key: key,
-                    tun_dst: dst,
-                });
+                (key, dst)
             }
             PortKind::Patch { peer: Some(peer) } if pkt.depth < MAX_PATCH_DEPTH => {
                 let len = (self.rx.slot(usize::from(pkt.slot)).len() - VNET_HDR_LEN) as u64;
@@ -920,9 +890,24 @@ impl Worker {
                 snap.ports[*peer]
                     .stats
                     .add_rx(1, len, u64::from(!admitted), 0);
+                return;
             }
-            _ => p.stats.add_tx(0, 0, 1, 0),
+            _ => {
+                p.stats.add_tx(0, 0, 1, 0);
+                return;
+            }
+        };
+        let q = &mut self.txq[out];
+        if q.is_empty() {
+            self.pending.push(out);
         }
+        q.push(TxItem {
+            slot: pkt.slot,
+            head: pkt.head,
+            tag,
+            tun_key,
+            tun_dst,
+        });
     }
 
     /// Sends every queued frame, one send call per port.
