@@ -51,6 +51,8 @@ EXTRA_KINDS = ["vswitchd-2br", "vswitchd-vlan", "vswitchd-10k"]
 VXLAN_KINDS = ["vxlan-vswitchd", "vxlan-kernel", "vxlan-ovs"]
 HV1, HV2 = f"vsb-h1-{PID}", f"vsb-h2-{PID}"
 UL1, UL2 = "192.168.199.1", "192.168.199.2"
+# vswitchd --busy-poll-us for the runs (None: the daemon's default); see --busy-poll-us.
+BUSY_POLL_US = None
 
 
 def sh(cmd, check=True, capture=True):
@@ -154,7 +156,8 @@ class Topology:
         for i, (hv, link, remote) in enumerate(((HV1, VA, UL2), (HV2, VB, UL1))):
             d = os.path.join(self.tmp, f"hv{i}")
             os.makedirs(d)
-            ns(hv, f"{BIN}/vswitchd --rundir {d} --db {d}/conf.json --detach --pidfile {d}/pid --log-level warn")
+            ns(hv, f"{BIN}/vswitchd --rundir {d} --db {d}/conf.json --detach --pidfile {d}/pid --log-level warn"
+                   + (f" --busy-poll-us {BUSY_POLL_US}" if BUSY_POLL_US is not None else ""))
             pid = int(open(f"{d}/pid").read())
             if i == 0:
                 self.pid = pid
@@ -210,7 +213,8 @@ class Topology:
     def _start_vswitchd(self):
         """Starts our daemon; returns the vsctl command prefix."""
         sock = os.path.join(self.tmp, "vswitchd.sock")
-        sh(f"{BIN}/vswitchd --rundir {self.tmp} --db {self.tmp}/conf.json --detach --pidfile {self.tmp}/pid --log-level warn")
+        sh(f"{BIN}/vswitchd --rundir {self.tmp} --db {self.tmp}/conf.json --detach --pidfile {self.tmp}/pid --log-level warn"
+           + (f" --busy-poll-us {BUSY_POLL_US}" if BUSY_POLL_US is not None else ""))
         self.pid = int(open(f"{self.tmp}/pid").read())
         return f"{BIN}/vsctl --db=unix:{sock}"
 
@@ -473,8 +477,13 @@ def main():
     ap.add_argument("--pings", type=int, default=5000)
     ap.add_argument("--kinds", default=",".join(KINDS))
     ap.add_argument("--no-build", action="store_true")
+    ap.add_argument("--busy-poll-us", type=int, default=None,
+                    help="vswitchd --busy-poll-us (default: the daemon's default)")
     ap.add_argument("--results", default=os.path.join(ROOT, "bench", "results.jsonl"))
     args = ap.parse_args()
+    global BUSY_POLL_US
+    if args.busy_poll_us is not None:
+        BUSY_POLL_US = args.busy_poll_us
     if os.geteuid() != 0:
         sys.exit("run.py: run as root (it builds namespaces and veths)")
     kinds = args.kinds.split(",")

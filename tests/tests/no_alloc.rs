@@ -116,7 +116,7 @@ fn forward_and_count(flows: &[&str]) {
     assert!(devices.open_missing(&cfg));
     // Learned flows would go here; these flows learn nothing.
     let (learned, _learned_rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut worker = WorkerHandle::spawn(learned).unwrap();
+    let mut worker = WorkerHandle::spawn(learned, std::time::Duration::ZERO).unwrap();
     let (tx, rx) = tokio::sync::oneshot::channel();
     worker.send(Cmd::Reconfigure(Arc::new(devices.snapshot(&cfg)), tx));
     rx.blocking_recv().unwrap();

@@ -233,13 +233,13 @@ pub struct WorkerHandle {
 
 impl WorkerHandle {
     /// Starts the datapath thread; flows its `learn` actions produce go to `learned`.
-    pub fn spawn(learned: LearnSink) -> io::Result<WorkerHandle> {
+    pub fn spawn(learned: LearnSink, busy_poll: std::time::Duration) -> io::Result<WorkerHandle> {
         let (tx, rx) = mpsc::channel();
         let wake = Arc::new(EventFd::new()?);
         let w = wake.clone();
         let thread = std::thread::Builder::new()
             .name("datapath".into())
-            .spawn(move || match Worker::new(rx, w, learned) {
+            .spawn(move || match Worker::new(rx, w, learned, busy_poll) {
                 Ok(mut worker) => worker.run(),
                 Err(e) => warn!("datapath thread failed to start: {e}"),
             })?;
@@ -310,6 +310,9 @@ struct Worker {
     learn_hasher: std::collections::hash_map::RandomState,
     /// Classifier decisions by (bridge, table, key); emptied on every reconfiguration.
     cache: FlowCache,
+    /// How long to keep polling after the last event before blocking.
+    busy_poll: std::time::Duration,
+    last_busy: Instant,
     /// Outer headers of the tunnel packets being received.
     tun_rx: [RxMeta; BATCH],
     /// Tunnel packets from addresses no tunnel port has as its remote.
@@ -329,6 +332,7 @@ impl Worker {
         cmds: mpsc::Receiver<Cmd>,
         wake: Arc<EventFd>,
         learned: LearnSink,
+        busy_poll: std::time::Duration,
     ) -> io::Result<Worker> {
         let epoll = Epoll::new()?;
         epoll.add(wake.fd(), WAKE_TOKEN)?;
@@ -352,6 +356,8 @@ impl Worker {
             learn_sent: HashMap::new(),
             learn_hasher: Default::default(),
             cache: FlowCache::new(FLOW_CACHE_ENTRIES),
+            busy_poll,
+            last_busy: Instant::now(),
             tun_rx: [RxMeta::default(); BATCH],
             tun_strangers: 0,
             outer: Vec::with_capacity(PREALLOC_SEGMENTS * OUTER_STRIDE),
@@ -366,8 +372,22 @@ impl Worker {
     fn run(&mut self) {
         let mut events = [libc::epoll_event { events: 0, u64: 0 }; 64];
         loop {
-            let n = match self.epoll.wait(&mut events, 1000) {
-                Ok(n) => n,
+            // Shortly after traffic, poll without sleeping (see `--busy-poll-us`).
+            let spinning = !self.busy_poll.is_zero() && self.last_busy.elapsed() < self.busy_poll;
+            let n = match self
+                .epoll
+                .wait(&mut events, if spinning { 0 } else { 1000 })
+            {
+                Ok(0) if spinning => {
+                    std::hint::spin_loop();
+                    continue;
+                }
+                Ok(n) => {
+                    if n > 0 && !self.busy_poll.is_zero() {
+                        self.last_busy = Instant::now();
+                    }
+                    n
+                }
                 Err(e) => {
                     warn!("datapath epoll_wait failed: {e}");
                     std::thread::sleep(std::time::Duration::from_millis(10));

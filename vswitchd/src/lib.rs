@@ -13,3 +13,6 @@ pub mod rpc;
 pub mod stats;
 pub mod trace;
 pub mod tunnel;
+
+/// `vswitchd --busy-poll-us` by default.
+pub const DEFAULT_BUSY_POLL_US: u64 = 100;
