@@ -141,14 +141,30 @@ impl Daemon {
     /// persisted change. A learned flow that is already there changes nothing; one
     /// that cannot be installed (a bridge gone since) is logged and skipped.
     pub async fn learn(&mut self, flows: Vec<crate::datapath::Learned>) {
-        let mut next = self.config.clone();
+        // One add-flows per bridge (a transaction copies the configuration, so one
+        // per flow would cost the whole table per learned flow); should a batch be
+        // refused, its flows are tried one by one so the good ones still land.
+        let mut by_bridge: std::collections::BTreeMap<String, Vec<String>> = Default::default();
         for (bridge, flow) in flows {
-            let op = Op::AddFlows {
+            by_bridge.entry(bridge).or_default().push(flow);
+        }
+        let mut next = self.config.clone();
+        for (bridge, flows) in by_bridge {
+            let all = Op::AddFlows {
                 bridge: bridge.clone(),
-                flows: vec![flow.clone()],
+                flows: flows.clone(),
             };
-            if let Err(e) = next.transact(std::slice::from_ref(&op)) {
-                warn!("bridge {bridge}: cannot install learned flow {flow}: {e}");
+            if next.transact(std::slice::from_ref(&all)).is_ok() {
+                continue;
+            }
+            for flow in flows {
+                let op = Op::AddFlows {
+                    bridge: bridge.clone(),
+                    flows: vec![flow.clone()],
+                };
+                if let Err(e) = next.transact(std::slice::from_ref(&op)) {
+                    warn!("bridge {bridge}: cannot install learned flow {flow}: {e}");
+                }
             }
         }
         if next == self.config {
