@@ -197,65 +197,51 @@ impl Guest {
         g
     }
 
-    /// Runs `cmd` in the guest's shell (reached over TCP from `via`, a namespace on
-    /// the same segment) and returns what it printed.
-    pub fn sh(&self, via: &Host, cmd: &str) -> String {
+    /// Connects from `via` to the guest's `port`, sends `request`, closes the
+    /// sending side when `half_close` (the guest reads to end of input), and returns
+    /// everything the guest sent back.
+    fn exchange(&self, via: &Host, port: u16, request: Vec<u8>, half_close: bool) -> Vec<u8> {
         let ip = self.ip.clone();
-        let cmd = format!("{cmd}\n");
         via.ns.run(move || {
             let mut s = TcpStream::connect_timeout(
-                &format!("{ip}:7000").parse().unwrap(),
+                &format!("{ip}:{port}").parse().unwrap(),
                 Duration::from_secs(10),
             )
-            .expect("connect to the guest's shell");
+            .unwrap_or_else(|e| panic!("connect to the guest's port {port}: {e}"));
             s.set_read_timeout(Some(Duration::from_secs(300))).unwrap();
-            s.write_all(cmd.as_bytes()).unwrap();
-            s.shutdown(Shutdown::Write).unwrap();
-            let mut out = String::new();
-            s.read_to_string(&mut out).expect("guest shell output");
+            s.write_all(&request).expect("send to the guest");
+            if half_close {
+                s.shutdown(Shutdown::Write).unwrap();
+            }
+            let mut out = Vec::new();
+            s.read_to_end(&mut out).expect("the guest's answer");
             out
         })
     }
 
+    /// Runs `cmd` in the guest's shell (reached over TCP from `via`, a namespace on
+    /// the same segment) and returns what it printed.
+    pub fn sh(&self, via: &Host, cmd: &str) -> String {
+        let out = self.exchange(via, 7000, format!("{cmd}\n").into_bytes(), true);
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
     /// Sends `data` to the guest's sink from `via`; returns its answer "<bytes> <md5>".
     pub fn upload(&self, via: &Host, data: Vec<u8>) -> String {
-        let ip = self.ip.clone();
-        via.ns.run(move || {
-            let mut s = TcpStream::connect_timeout(
-                &format!("{ip}:5001").parse().unwrap(),
-                Duration::from_secs(10),
-            )
-            .expect("connect to the guest's sink");
-            s.set_read_timeout(Some(Duration::from_secs(300))).unwrap();
-            s.write_all(&data).expect("upload");
-            s.shutdown(Shutdown::Write).unwrap();
-            let mut out = String::new();
-            s.read_to_string(&mut out).expect("sink answer");
-            out.trim().to_string()
-        })
+        let out = self.exchange(via, 5001, data, true);
+        String::from_utf8_lossy(&out).trim().to_string()
     }
 
     /// `GET path` from the guest's web server, from `via`: the body.
     pub fn http_get(&self, via: &Host, path: &str) -> Vec<u8> {
-        let ip = self.ip.clone();
-        let req = format!("GET {path} HTTP/1.0\r\n\r\n");
-        via.ns.run(move || {
-            let mut s = TcpStream::connect_timeout(
-                &format!("{ip}:80").parse().unwrap(),
-                Duration::from_secs(10),
-            )
-            .expect("connect to the guest's web server");
-            s.set_read_timeout(Some(Duration::from_secs(300))).unwrap();
-            s.write_all(req.as_bytes()).unwrap();
-            let mut out = Vec::new();
-            s.read_to_end(&mut out).expect("HTTP response");
-            let at = out
-                .windows(4)
-                .position(|w| w == b"\r\n\r\n")
-                .expect("HTTP header end")
-                + 4;
-            out.split_off(at)
-        })
+        let req = format!("GET {path} HTTP/1.0\r\n\r\n").into_bytes();
+        let mut out = self.exchange(via, 80, req, false);
+        let at = out
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .expect("HTTP header end")
+            + 4;
+        out.split_off(at)
     }
 }
 

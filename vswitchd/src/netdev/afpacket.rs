@@ -25,13 +25,14 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use ofproto::vnet_hdr::VNET_HDR_LEN;
 
-use super::{send_batch, sys, NetdevError, RxBatch, TxBatch, TxResult, BATCH, BUF_SIZE, HEADROOM};
+use super::{
+    recv_batch, send_batch, sys, NetdevError, RxBatch, TxBatch, TxResult, BUF_SIZE, HEADROOM,
+};
 
 const ETH_P_ALL: u16 = 0x0003;
 const TP_STATUS_VLAN_VALID: u32 = 0x10;
 const TP_STATUS_VLAN_TPID_VALID: u32 = 0x40;
 /// Room for one `cmsghdr` carrying a `tpacket_auxdata`, 8-byte aligned.
-const CTRL_LEN: usize = 64;
 const SOCK_BUF: libc::c_int = 8 << 20;
 
 pub struct PacketSocket {
@@ -213,45 +214,7 @@ impl PacketSocket {
     }
 
     pub fn recv(&self, rx: &mut RxBatch) -> io::Result<usize> {
-        // SAFETY: both arrays are plain old data; all-zero is valid.
-        let mut iov: [libc::iovec; BATCH] = unsafe { mem::zeroed() };
-        let mut msgs: [libc::mmsghdr; BATCH] = unsafe { mem::zeroed() };
-        let mut ctrl = [[0u64; CTRL_LEN / 8]; BATCH];
-        for (i, v) in iov.iter_mut().enumerate() {
-            let buf = rx.slot_buf(i);
-            *v = libc::iovec {
-                iov_base: buf.as_mut_ptr() as *mut libc::c_void,
-                iov_len: BUF_SIZE - HEADROOM,
-            };
-        }
-        for ((m, v), c) in msgs.iter_mut().zip(iov.iter_mut()).zip(ctrl.iter_mut()) {
-            m.msg_hdr.msg_iov = v;
-            m.msg_hdr.msg_iovlen = 1;
-            m.msg_hdr.msg_control = c.as_mut_ptr() as *mut libc::c_void;
-            m.msg_hdr.msg_controllen = CTRL_LEN;
-        }
-        // SAFETY: msgs/iov point at BATCH live buffers of BUF_SIZE bytes in `rx`,
-        // which outlives the call; the kernel writes at most iov_len bytes to each.
-        let n = unsafe {
-            libc::recvmmsg(
-                self.rx.as_raw_fd(),
-                msgs.as_mut_ptr(),
-                BATCH as libc::c_uint,
-                libc::MSG_DONTWAIT | libc::MSG_TRUNC,
-                std::ptr::null_mut(),
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            rx.count = 0;
-            return if e.kind() == io::ErrorKind::WouldBlock {
-                Ok(0)
-            } else {
-                Err(e)
-            };
-        }
-        let n = n as usize;
-        for (i, m) in msgs.iter().enumerate().take(n) {
+        recv_batch(self.rx.as_raw_fd(), rx, HEADROOM, |rx, i, m, _| {
             let len = m.msg_len as usize;
             rx.truncated[i] =
                 len > BUF_SIZE - HEADROOM || m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
@@ -259,9 +222,7 @@ impl PacketSocket {
             if let Some((tpid, tci)) = stripped_vlan(&m.msg_hdr) {
                 rx.reinsert_vlan(i, tpid, tci);
             }
-        }
-        rx.count = n;
-        Ok(n)
+        })
     }
 
     pub fn send(&self, tx: &TxBatch<'_>) -> TxResult {

@@ -288,6 +288,75 @@ impl Netdev {
     }
 }
 
+/// Room for the control messages a receive may carry (PACKET_AUXDATA, IP_PKTINFO,
+/// IPV6_PKTINFO).
+const CTRL_LEN: usize = 64;
+
+/// Reads up to [`BATCH`] messages from `fd` with one `recvmmsg`: message `i` into slot
+/// `i` of `rx`, `at` bytes into its buffer (the slot starts there until `each` says
+/// otherwise), then calls `each(rx, i, header, source address)` for every message
+/// read, with its control messages reachable from the header. Sets `rx`'s count.
+/// `Ok(0)`: nothing was waiting.
+fn recv_batch(
+    fd: RawFd,
+    rx: &mut RxBatch,
+    at: usize,
+    mut each: impl FnMut(&mut RxBatch, usize, &libc::mmsghdr, &libc::sockaddr_storage),
+) -> io::Result<usize> {
+    // SAFETY: all plain old data; all-zero is valid.
+    let mut iov: [libc::iovec; BATCH] = unsafe { std::mem::zeroed() };
+    let mut msgs: [libc::mmsghdr; BATCH] = unsafe { std::mem::zeroed() };
+    let mut names: [libc::sockaddr_storage; BATCH] = unsafe { std::mem::zeroed() };
+    let mut ctrl = [[0u64; CTRL_LEN / 8]; BATCH];
+    for (i, v) in iov.iter_mut().enumerate() {
+        rx.starts[i] = at;
+        let buf = &mut rx.storage[i * BUF_SIZE + at..(i + 1) * BUF_SIZE];
+        *v = libc::iovec {
+            iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+            iov_len: buf.len(),
+        };
+    }
+    for (((m, v), c), n) in msgs
+        .iter_mut()
+        .zip(iov.iter_mut())
+        .zip(ctrl.iter_mut())
+        .zip(names.iter_mut())
+    {
+        m.msg_hdr.msg_iov = v;
+        m.msg_hdr.msg_iovlen = 1;
+        m.msg_hdr.msg_control = c.as_mut_ptr() as *mut libc::c_void;
+        m.msg_hdr.msg_controllen = CTRL_LEN;
+        m.msg_hdr.msg_name = n as *mut libc::sockaddr_storage as *mut libc::c_void;
+        m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as u32;
+    }
+    // SAFETY: every pointer refers to a live array above or to `rx`'s storage, which
+    // outlive the call; the kernel writes at most each iov_len/controllen/namelen.
+    let n = unsafe {
+        libc::recvmmsg(
+            fd,
+            msgs.as_mut_ptr(),
+            BATCH as libc::c_uint,
+            libc::MSG_DONTWAIT | libc::MSG_TRUNC,
+            std::ptr::null_mut(),
+        )
+    };
+    if n < 0 {
+        let e = io::Error::last_os_error();
+        rx.count = 0;
+        return if e.kind() == io::ErrorKind::WouldBlock {
+            Ok(0)
+        } else {
+            Err(e)
+        };
+    }
+    let n = n as usize;
+    for i in 0..n {
+        each(rx, i, &msgs[i], &names[i]);
+    }
+    rx.count = n;
+    Ok(n)
+}
+
 /// A destination address for `sendmmsg` (IPv4 or IPv6).
 #[derive(Clone, Copy)]
 pub struct Dest {

@@ -27,13 +27,12 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use ofproto::tunnel::{self, DecapError};
 use ofproto::vnet_hdr::VNET_HDR_LEN;
 
-use super::{send_batch, Dest, RxBatch, TxBatch, TxResult, BATCH, BUF_SIZE};
+use super::{recv_batch, send_batch, Dest, RxBatch, TxBatch, TxResult, BATCH, BUF_SIZE};
 
 /// Where in a slot's buffer a tunnel packet is read: room for the virtio-net header
 /// in front of the inner frame even after the shortest outer header (VXLAN's 8 bytes).
 pub const RX_AT: usize = 16;
 const SOCK_BUF: libc::c_int = 8 << 20;
-const CTRL_LEN: usize = 64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TunnelKind {
@@ -238,58 +237,12 @@ impl TunnelRx {
     /// header and the inner frame, and what the outer headers said into `meta`. A
     /// packet that cannot be decapsulated leaves an empty slot and `meta[i].err`.
     pub fn recv(&self, rx: &mut RxBatch, meta: &mut [RxMeta; BATCH]) -> io::Result<usize> {
-        // SAFETY: all plain old data; all-zero is valid.
-        let mut iov: [libc::iovec; BATCH] = unsafe { mem::zeroed() };
-        let mut msgs: [libc::mmsghdr; BATCH] = unsafe { mem::zeroed() };
-        let mut names: [libc::sockaddr_storage; BATCH] = unsafe { mem::zeroed() };
-        let mut ctrl = [[0u64; CTRL_LEN / 8]; BATCH];
-        for (i, v) in iov.iter_mut().enumerate() {
-            let buf = &mut rx.storage[i * BUF_SIZE + RX_AT..(i + 1) * BUF_SIZE];
-            *v = libc::iovec {
-                iov_base: buf.as_mut_ptr() as *mut libc::c_void,
-                iov_len: buf.len(),
-            };
-        }
-        for (((m, v), c), n) in msgs
-            .iter_mut()
-            .zip(iov.iter_mut())
-            .zip(ctrl.iter_mut())
-            .zip(names.iter_mut())
-        {
-            m.msg_hdr.msg_iov = v;
-            m.msg_hdr.msg_iovlen = 1;
-            m.msg_hdr.msg_control = c.as_mut_ptr() as *mut libc::c_void;
-            m.msg_hdr.msg_controllen = CTRL_LEN;
-            m.msg_hdr.msg_name = n as *mut libc::sockaddr_storage as *mut libc::c_void;
-            m.msg_hdr.msg_namelen = mem::size_of::<libc::sockaddr_storage>() as u32;
-        }
-        // SAFETY: every pointer refers to a live array above or to `rx`'s storage,
-        // which outlive the call; the kernel writes at most each iov_len/controllen.
-        let n = unsafe {
-            libc::recvmmsg(
-                self.fd.as_raw_fd(),
-                msgs.as_mut_ptr(),
-                BATCH as libc::c_uint,
-                libc::MSG_DONTWAIT | libc::MSG_TRUNC,
-                std::ptr::null_mut(),
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            rx.count = 0;
-            return if e.kind() == io::ErrorKind::WouldBlock {
-                Ok(0)
-            } else {
-                Err(e)
-            };
-        }
-        let n = n as usize;
-        for (i, m) in msgs.iter().enumerate().take(n) {
+        recv_batch(self.fd.as_raw_fd(), rx, RX_AT, |rx, i, m, name| {
             let len = (m.msg_len as usize).min(BUF_SIZE - RX_AT);
             rx.truncated[i] = m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
             let base = i * BUF_SIZE + RX_AT;
             let pkt = &rx.storage[base..base + len];
-            let src = addr_of(&names[i]);
+            let src = addr_of(name);
             let dst = pktinfo_dst(&m.msg_hdr);
             // (source, destination, key, where the inner frame starts)
             let decap = match (self.kind, self.v6) {
@@ -332,9 +285,7 @@ impl TunnelRx {
                     rx.lens[i] = 0;
                 }
             }
-        }
-        rx.count = n;
-        Ok(n)
+        })
     }
 }
 
