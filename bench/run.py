@@ -45,6 +45,11 @@ KINDS = ["vswitchd", "ovs", "ovs-tso", "bridge", "veth"]
 # access→trunk→access (VLAN 10), to compare tagged with untagged forwarding; and
 # one bridge with 10 000 installed flows, to compare with `vswitchd`.
 EXTRA_KINDS = ["vswitchd-2br", "vswitchd-vlan", "vswitchd-10k"]
+# `vswitchd-base`: the same case as `vswitchd` run from the binaries in --base-bin (an
+# earlier build), alternating with the current one: before/after for a datapath change.
+BASE_BIN = None
+# --profile FILE: `perf record -g` of vswitchd during its 64 B UDP test.
+PROFILE = None
 # VXLAN between two hypervisor namespaces (A behind HV1, B behind HV2, an underlay veth
 # between the hypervisors; inner MTU 1450): our daemon on each hypervisor, the
 # kernel's VXLAN device in a Linux bridge on each, Open vSwitch netdev on each.
@@ -210,16 +215,17 @@ class Topology:
         sh(f"ip link add {self.br} type bridge && ip link set {self.br} up")
         sh(f"ip link set {VA} master {self.br} && ip link set {VB} master {self.br}")
 
-    def _start_vswitchd(self):
+    def _start_vswitchd(self, bin_dir=None):
         """Starts our daemon; returns the vsctl command prefix."""
+        bin_dir = bin_dir or BIN
         sock = os.path.join(self.tmp, "vswitchd.sock")
-        sh(f"{BIN}/vswitchd --rundir {self.tmp} --db {self.tmp}/conf.json --detach --pidfile {self.tmp}/pid --log-level warn"
+        sh(f"{bin_dir}/vswitchd --rundir {self.tmp} --db {self.tmp}/conf.json --detach --pidfile {self.tmp}/pid --log-level warn"
            + (f" --busy-poll-us {BUSY_POLL_US}" if BUSY_POLL_US is not None else ""))
         self.pid = int(open(f"{self.tmp}/pid").read())
-        return f"{BIN}/vsctl --db=unix:{sock}"
+        return f"{bin_dir}/vsctl --db=unix:{sock}"
 
-    def up_vswitchd(self):
-        v = self._start_vswitchd()
+    def up_vswitchd(self, bin_dir=None):
+        v = self._start_vswitchd(bin_dir)
         sh(f"{v} add-br vsbr{PID % 100000} -- add-port vsbr{PID % 100000} {VA} -- add-port vsbr{PID % 100000} {VB}")
 
     def _two_bridges(self, vlan):
@@ -251,6 +257,11 @@ class Topology:
                     f.write(f"priority=90,udp,tp_dst={20000 + i},actions=drop\n")
             f.write("priority=0,actions=NORMAL\n")
         sh(f"{v} --timeout=60 add-flows {br} {path}")
+
+    def up_vswitchd_base(self):
+        if not BASE_BIN:
+            raise RuntimeError("vswitchd-base needs --base-bin DIR")
+        self.up_vswitchd(BASE_BIN)
 
     def up_vswitchd_2br(self):
         self._two_bridges(False)
@@ -365,9 +376,16 @@ class Topology:
     def udp_pps(self, secs):
         sink = self._start(NS_B, f"{BIN}/udpsink --bind {IP_B}:9000 --idle 1 --max {secs + 5}")
         pids = [p for p in [self.pid] + self.more_pids if p]
+        perf = None
+        if PROFILE and self.kind == "vswitchd":
+            perf = subprocess.Popen(["perf", "record", "-g", "-q", "-p", str(self.pid), "-o", PROFILE],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         j0 = sum(jiffies_of(p) for p in pids)
         gen = json.loads(ns(NS_A, f"{BIN}/udpgen --dst {IP_B}:9000 --secs {secs}"))
         j1 = sum(jiffies_of(p) for p in pids)
+        if perf:
+            perf.send_signal(2)
+            perf.wait()
         out, _ = sink.communicate(timeout=secs + 30)
         got = json.loads(out.strip().splitlines()[-1])
         pps = got["received"] / gen["secs"]
@@ -446,7 +464,7 @@ def median(runs, kind, key):
 
 def table(runs, kinds):
     base = "vswitchd" if "vswitchd" in kinds else kinds[0]
-    others = [k for k in ("ovs", "ovs-tso", "bridge", "vswitchd-2br", "vxlan-kernel", "vxlan-ovs")
+    others = [k for k in ("vswitchd-base", "ovs", "ovs-tso", "bridge", "vswitchd-2br", "vxlan-kernel", "vxlan-ovs")
               if k in kinds and k != base]
     cols = kinds + [f"{base}/{o}" for o in others]
     lines = ["| metric | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
@@ -479,9 +497,15 @@ def main():
     ap.add_argument("--no-build", action="store_true")
     ap.add_argument("--busy-poll-us", type=int, default=None,
                     help="vswitchd --busy-poll-us (default: the daemon's default)")
+    ap.add_argument("--base-bin", default=None,
+                    help="directory with an earlier build's vswitchd and vsctl, for the vswitchd-base kind")
+    ap.add_argument("--profile", default=None,
+                    help="perf record -g the vswitchd case's 64 B UDP test into this file")
     ap.add_argument("--results", default=os.path.join(ROOT, "bench", "results.jsonl"))
     args = ap.parse_args()
-    global BUSY_POLL_US
+    global BUSY_POLL_US, BASE_BIN, PROFILE
+    BASE_BIN = args.base_bin
+    PROFILE = args.profile
     if args.busy_poll_us is not None:
         BUSY_POLL_US = args.busy_poll_us
     if os.geteuid() != 0:

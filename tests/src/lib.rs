@@ -18,6 +18,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use vswitchd::netdev::sys;
 
 /// A short name unique to this process and call, fit for an interface (≤ 15 bytes).
 pub fn uniq(tag: &str) -> String {
@@ -558,31 +559,16 @@ impl RawSock {
             )
         };
         assert_eq!(r, 0, "bind: {}", std::io::Error::last_os_error());
-        let one: libc::c_int = 1;
-        // SAFETY: a live int; PACKET_AUXDATA reports VLAN tags the kernel stripped.
-        unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_PACKET,
-                libc::PACKET_AUXDATA,
-                &one as *const _ as *const libc::c_void,
-                4,
-            )
-        };
+        let raw = fd.as_raw_fd();
+        // PACKET_AUXDATA reports VLAN tags the kernel stripped; a big buffer (forced:
+        // we are root) holds a burst of jumbo frames while the capture catches up.
+        sys::setsockopt(raw, libc::SOL_PACKET, libc::PACKET_AUXDATA, &1i32).unwrap();
+        sys::setsockopt(raw, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, &(8i32 << 20)).unwrap();
         let tv = libc::timeval {
             tv_sec: 0,
             tv_usec: 100_000,
         };
-        // SAFETY: tv is a valid timeval.
-        unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                &tv as *const _ as *const libc::c_void,
-                std::mem::size_of::<libc::timeval>() as u32,
-            )
-        };
+        sys::setsockopt(raw, libc::SOL_SOCKET, libc::SO_RCVTIMEO, &tv).unwrap();
         RawSock { fd }
     }
 

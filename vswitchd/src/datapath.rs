@@ -7,9 +7,11 @@
 //!   it between batches. Nothing on the per-frame path takes a lock.
 //! - **The thread owns the MAC tables.** Learning is a plain `&mut` write; the
 //!   control side asks for a copy ([`Cmd::DumpFdb`]) instead of sharing the table.
-//! - **Batches.** `recvmmsg` fills up to 32 frames; outputs are queued per port as
-//!   indices into the receive buffers (flooding copies nothing) and flushed with one
-//!   `sendmmsg` per port. Counters are added once per batch.
+//! - **Batches.** A port's receive ring (or `recvmmsg`, for taps and tunnels) yields
+//!   up to 32 frames, read where the kernel put them; outputs are queued per port as
+//!   indices into that batch (flooding copies nothing) and flushed with one
+//!   `sendmmsg` per port, after which the batch's ring frames go back to the kernel.
+//!   Counters are added once per batch.
 //! - **No allocation per frame.** Receive buffers, per-port queues and the
 //!   segmentation arena are allocated once and reused.
 //! - **Plain thread, not tokio.** Readiness machinery costs 5–10% here; the thread
@@ -557,6 +559,9 @@ impl Worker {
             }
             p.stats.add_rx(c.packets, c.bytes, c.dropped, c.errors);
             self.flush(&snap);
+            // Sent (copied by the kernel): the receive slots may go back.
+            self.rx.clear();
+            dev.release();
             if n < BATCH {
                 return;
             }
@@ -612,6 +617,7 @@ impl Worker {
                 stats.add_rx(1, bytes, u64::from(!admitted), 0);
             }
             self.flush(&snap);
+            self.rx.clear();
             if n < BATCH {
                 return;
             }

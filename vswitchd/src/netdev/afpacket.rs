@@ -14,10 +14,14 @@
 //!   receive; the tag comes back as auxiliary data and is put back inline
 //!   ([`RxBatch::reinsert_vlan`]), so a tagged frame leaves tagged.
 //!
-//! Reads use `recvmmsg` (a batch per system call), writes `sendmmsg`.
+//! Reads come from a `TPACKET_V2` receive ring ([`super::rx_ring`]; `recvmmsg`, a
+//! batch per system call, where a ring cannot be had), writes go out with
+//! `sendmmsg` on a second, transmit-only socket. With `options:offload=false` that
+//! socket has no virtio-net headers and the datapath finishes checksums and segments
+//! itself.
 //!
-//! With `options:offload=false` a second socket, without virtio-net headers, is
-//! used for transmit and the datapath finishes checksums and segments itself.
+//! Not `PACKET_QDISC_BYPASS`: a veth has no queue to bypass, and frames sent around
+//! the queue are invisible to `tcpdump` on the port — an operator's first tool.
 
 use std::io;
 use std::mem;
@@ -25,6 +29,8 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use ofproto::vnet_hdr::VNET_HDR_LEN;
 
+use super::rx_ring::RxRing;
+use super::sys::setsockopt;
 use super::{
     recv_batch, send_batch, sys, NetdevError, RxBatch, TxBatch, TxResult, BUF_SIZE, HEADROOM,
 };
@@ -32,34 +38,19 @@ use super::{
 const ETH_P_ALL: u16 = 0x0003;
 const TP_STATUS_VLAN_VALID: u32 = 0x10;
 const TP_STATUS_VLAN_TPID_VALID: u32 = 0x40;
-/// Room for one `cmsghdr` carrying a `tpacket_auxdata`, 8-byte aligned.
-const SOCK_BUF: libc::c_int = 8 << 20;
 
 pub struct PacketSocket {
     pub name: String,
     pub ifindex: u32,
+    /// Declared before `rx`: unmapped before the socket closes.
+    ring: Option<RxRing>,
     rx: OwnedFd,
-    /// A separate transmit socket without virtio-net headers (`options:offload=false`).
-    tx_plain: Option<OwnedFd>,
+    /// The transmit socket: with virtio-net headers unless `options:offload=false`.
+    /// Separate from `rx`, and never polled: the kernel frees each sent frame with a
+    /// "writable again" wake-up of whoever waits on the socket, and on `rx` that would
+    /// be our epoll set, once per frame (6% of the datapath thread in a 64 B flood).
+    tx: OwnedFd,
     pub tx_vnet: bool,
-}
-
-fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, val: &T) -> io::Result<()> {
-    // SAFETY: `val` points to a live T of the given size for the duration of the call.
-    let r = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            val as *const T as *const libc::c_void,
-            mem::size_of::<T>() as libc::socklen_t,
-        )
-    };
-    if r < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(())
-    }
 }
 
 fn packet_socket() -> io::Result<OwnedFd> {
@@ -125,6 +116,42 @@ fn stripped_vlan(hdr: &libc::msghdr) -> Option<(u16, u16)> {
     None
 }
 
+/// Slot `i` of `rx` got a `len`-byte frame (virtio-net header included) from a
+/// receive with header `hdr`: notes its length and whether it was cut, and puts
+/// back a VLAN tag the kernel stripped.
+fn received(rx: &mut RxBatch, i: usize, len: usize, hdr: &libc::msghdr) {
+    rx.set_stored(i, HEADROOM, len.min(BUF_SIZE - HEADROOM));
+    rx.truncated[i] = len > BUF_SIZE - HEADROOM || hdr.msg_flags & libc::MSG_TRUNC != 0;
+    if let Some((tpid, tci)) = stripped_vlan(hdr) {
+        rx.reinsert_vlan(i, tpid, tci);
+    }
+}
+
+/// Reads one frame into slot `i` of `rx` with `recvmsg`: a frame the receive ring had
+/// no room for, which the kernel queued on the socket instead.
+fn recv_one(fd: RawFd, rx: &mut RxBatch, i: usize) -> io::Result<()> {
+    let buf = rx.slot_buf(i);
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+        iov_len: buf.len(),
+    };
+    let mut ctrl = [0u64; 8];
+    // SAFETY: msghdr is plain old data; all-zero is valid.
+    let mut hdr: libc::msghdr = unsafe { mem::zeroed() };
+    hdr.msg_iov = &mut iov;
+    hdr.msg_iovlen = 1;
+    hdr.msg_control = ctrl.as_mut_ptr() as *mut libc::c_void;
+    hdr.msg_controllen = mem::size_of_val(&ctrl);
+    // SAFETY: the iovec points into `rx`'s storage and the control buffer lives on
+    // the stack, both for the whole call; the kernel writes at most their lengths.
+    let n = unsafe { libc::recvmsg(fd, &mut hdr, libc::MSG_DONTWAIT | libc::MSG_TRUNC) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    received(rx, i, n as usize, &hdr);
+    Ok(())
+}
+
 impl PacketSocket {
     /// Attaches to the existing interface `name` and brings it up.
     pub fn open(name: &str, offload: bool) -> Result<PacketSocket, NetdevError> {
@@ -147,15 +174,15 @@ impl PacketSocket {
             .map_err(|e| cfg_err("PACKET_IGNORE_OUTGOING", e))?;
         setsockopt(fd, libc::SOL_PACKET, libc::PACKET_AUXDATA, &one)
             .map_err(|e| cfg_err("PACKET_AUXDATA", e))?;
-        // Forcing needs CAP_NET_ADMIN; fall back to the capped size without it.
-        for (force, plain) in [
-            (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
-            (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
-        ] {
-            if setsockopt(fd, libc::SOL_SOCKET, force, &SOCK_BUF).is_err() {
-                let _ = setsockopt(fd, libc::SOL_SOCKET, plain, &SOCK_BUF);
+        sys::big_buffers(fd, &[(libc::SO_RCVBUFFORCE, libc::SO_RCVBUF)]);
+        // A receive ring (see rx_ring.rs); without one, recvmmsg does the same job.
+        let ring = match RxRing::attach(fd) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::warn!("{name}: no receive ring ({e}); reading with recvmmsg");
+                None
             }
-        }
+        };
         bind(fd, ifindex, ETH_P_ALL).map_err(open_err)?;
         // SAFETY: packet_mreq is plain old data.
         let mut mr: libc::packet_mreq = unsafe { mem::zeroed() };
@@ -163,26 +190,27 @@ impl PacketSocket {
         mr.mr_type = libc::PACKET_MR_PROMISC as u16;
         setsockopt(fd, libc::SOL_PACKET, libc::PACKET_ADD_MEMBERSHIP, &mr)
             .map_err(|e| cfg_err("promiscuous mode", e))?;
-        let tx_plain = if offload {
-            None
-        } else {
-            let tx = packet_socket().map_err(open_err)?;
-            for (force, plain) in [(libc::SO_SNDBUFFORCE, libc::SO_SNDBUF)] {
-                if setsockopt(tx.as_raw_fd(), libc::SOL_SOCKET, force, &SOCK_BUF).is_err() {
-                    let _ = setsockopt(tx.as_raw_fd(), libc::SOL_SOCKET, plain, &SOCK_BUF);
-                }
-            }
-            // Protocol 0: this socket transmits only.
-            bind(tx.as_raw_fd(), ifindex, 0).map_err(open_err)?;
-            Some(tx)
-        };
+        let tx = packet_socket().map_err(open_err)?;
+        if offload {
+            setsockopt(
+                tx.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_VNET_HDR,
+                &one,
+            )
+            .map_err(|e| cfg_err("PACKET_VNET_HDR", e))?;
+        }
+        sys::big_buffers(tx.as_raw_fd(), &[(libc::SO_SNDBUFFORCE, libc::SO_SNDBUF)]);
+        // Protocol 0: this socket transmits only.
+        bind(tx.as_raw_fd(), ifindex, 0).map_err(open_err)?;
         sys::set_up(name).map_err(|e| cfg_err("bringing it up", e))?;
         Ok(PacketSocket {
             name: name.to_string(),
             ifindex,
+            ring,
             rx,
-            tx_vnet: tx_plain.is_none(),
-            tx_plain,
+            tx,
+            tx_vnet: offload,
         })
     }
 
@@ -213,24 +241,47 @@ impl PacketSocket {
         }
     }
 
+    /// Reads up to a batch of frames: from the receive ring if there is one (frames
+    /// too big for a ring frame with `recvmsg`, one each), else with `recvmmsg`.
     pub fn recv(&self, rx: &mut RxBatch) -> io::Result<usize> {
-        recv_batch(self.rx.as_raw_fd(), rx, HEADROOM, |rx, i, m, _| {
-            let len = m.msg_len as usize;
-            rx.truncated[i] =
-                len > BUF_SIZE - HEADROOM || m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
-            rx.lens[i] = len.min(BUF_SIZE - HEADROOM);
-            if let Some((tpid, tci)) = stripped_vlan(&m.msg_hdr) {
-                rx.reinsert_vlan(i, tpid, tci);
+        let fd = self.rx.as_raw_fd();
+        if let Some(ring) = &self.ring {
+            let n = ring.recv(rx, |rx, i, f| {
+                if f.copied {
+                    if recv_one(fd, rx, i).is_err() {
+                        rx.set_stored(i, HEADROOM, 0);
+                        rx.truncated[i] = true;
+                    }
+                    return;
+                }
+                if f.len > f.snaplen {
+                    rx.truncated[i] = true;
+                }
+                if let Some((tpid, tci)) = f.vlan {
+                    rx.reinsert_vlan(i, tpid, tci);
+                }
+            });
+            if n > 0 {
+                return Ok(n);
             }
+            // An empty ring: the socket may still have an error to report (the
+            // device went down or away), which only a read returns.
+        }
+        recv_batch(fd, rx, HEADROOM, |rx, i, m, _| {
+            received(rx, i, m.msg_len as usize, &m.msg_hdr)
         })
     }
 
+    /// Lets the kernel have the receive-ring frames of the last batch back; the
+    /// datapath calls it once the batch is sent and cleared.
+    pub fn release(&self) {
+        if let Some(ring) = &self.ring {
+            ring.release();
+        }
+    }
+
     pub fn send(&self, tx: &TxBatch<'_>) -> TxResult {
-        let fd = match &self.tx_plain {
-            Some(t) => t.as_raw_fd(),
-            None => self.rx.as_raw_fd(),
-        };
-        let mut res = send_batch(fd, tx, None, None);
+        let mut res = send_batch(self.tx.as_raw_fd(), tx, None, None);
         if self.tx_vnet {
             res.bytes = res.bytes.saturating_sub(res.sent * VNET_HDR_LEN as u64);
         }

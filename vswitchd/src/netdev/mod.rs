@@ -11,6 +11,7 @@
 
 pub mod afpacket;
 pub mod poll;
+pub mod rx_ring;
 pub mod sys;
 pub mod tap;
 pub mod tunnel;
@@ -44,15 +45,22 @@ pub enum NetdevError {
     },
 }
 
-/// Receive buffers for one batch: `BATCH` slots of `BUF_SIZE` bytes, each holding a
-/// virtio-net header and a frame. Allocated once per worker; only the pages a frame
-/// touches become resident.
+/// Receive buffers for one batch: up to `BATCH` slots, each holding a virtio-net
+/// header and a frame. A slot lives either in the batch's own storage (`BUF_SIZE`
+/// bytes per slot, allocated once per worker; only the pages a frame touches become
+/// resident) or in a socket's receive ring ([`rx_ring`]), where the kernel wrote it:
+/// the datapath sees the same bytes either way and never copies them.
+///
+/// Every slot has at least [`HEADROOM`] writable bytes in front of it, so a stripped
+/// VLAN tag can be put back inline.
 pub struct RxBatch {
     storage: Vec<u8>,
-    /// Where slot `i`'s data starts within its buffer: `HEADROOM`, or 0 once a tag
-    /// was re-inserted.
-    starts: [usize; BATCH],
+    /// Where slot `i`'s bytes start: in `storage`, or in a ring frame the socket that
+    /// filled the batch holds for us until its next receive (see [`RxBatch::clear`]).
+    ptrs: [*mut u8; BATCH],
     lens: [usize; BATCH],
+    /// Writable bytes before `ptrs[i]` that belong to slot `i`.
+    room: [usize; BATCH],
     /// Frames longer than the buffer (cut by the kernel); counted as rx errors.
     truncated: [bool; BATCH],
     count: usize,
@@ -60,10 +68,14 @@ pub struct RxBatch {
 
 impl Default for RxBatch {
     fn default() -> Self {
+        let mut storage = vec![0u8; BATCH * BUF_SIZE];
+        let base = storage.as_mut_ptr();
         RxBatch {
-            storage: vec![0; BATCH * BUF_SIZE],
-            starts: [HEADROOM; BATCH],
+            // SAFETY: every offset is inside `storage`.
+            ptrs: std::array::from_fn(|i| unsafe { base.add(i * BUF_SIZE + HEADROOM) }),
+            storage,
             lens: [0; BATCH],
+            room: [HEADROOM; BATCH],
             truncated: [false; BATCH],
             count: 0,
         }
@@ -79,44 +91,82 @@ impl RxBatch {
         self.count == 0
     }
 
+    /// Forgets the batch. The datapath calls it once a batch is sent, before the
+    /// devices it came from may be closed: a ring slot must not be looked at after
+    /// its socket let the kernel have the frame back.
+    pub fn clear(&mut self) {
+        self.count = 0;
+    }
+
     /// Slot `i`: virtio-net header followed by the frame.
     #[inline]
     pub fn slot(&self, i: usize) -> &[u8] {
-        let at = i * BUF_SIZE + self.starts[i];
-        &self.storage[at..at + self.lens[i]]
+        assert!(
+            i < self.count,
+            "receive slot {i} of a batch of {}",
+            self.count
+        );
+        // SAFETY: `ptrs[i]..+lens[i]` is either inside `storage` or inside a ring
+        // frame the socket holds for this batch (status TP_STATUS_USER, so the kernel
+        // does not write it) until the batch is cleared or refilled, and the ring's
+        // mapping outlives that (the datapath holds the device while it uses a batch).
+        unsafe { std::slice::from_raw_parts(self.ptrs[i], self.lens[i]) }
     }
 
-    #[inline]
-    pub fn slot_mut(&mut self, i: usize) -> &mut [u8] {
-        let at = i * BUF_SIZE + self.starts[i];
-        &mut self.storage[at..at + self.lens[i]]
+    /// Slot `i` of `storage`, `start` bytes into its buffer, `len` bytes long.
+    fn set_stored(&mut self, i: usize, start: usize, len: usize) {
+        debug_assert!(start + len <= BUF_SIZE);
+        // SAFETY: inside `storage` (start + len <= BUF_SIZE).
+        self.ptrs[i] = unsafe { self.storage.as_mut_ptr().add(i * BUF_SIZE + start) };
+        self.room[i] = start;
+        self.lens[i] = len;
+        self.truncated[i] = false;
+    }
+
+    /// Slot `i` is `len` bytes of a ring frame at `ptr`, with `room` writable bytes of
+    /// the same frame before it.
+    ///
+    /// # Safety
+    /// The memory must stay valid and unwritten by anyone else until the batch is
+    /// cleared or refilled.
+    unsafe fn set_ring(&mut self, i: usize, ptr: *mut u8, room: usize, len: usize) {
+        self.ptrs[i] = ptr;
+        self.room[i] = room;
+        self.lens[i] = len;
+        self.truncated[i] = false;
     }
 
     /// Puts back an 802.1Q/802.1ad tag the kernel stripped from slot `i` (it reported
-    /// it in `PACKET_AUXDATA`), so that every frame carries its tags inline from here
-    /// on. Moves only the virtio-net header and the MAC addresses into the headroom,
-    /// and shifts the header's offsets past the tag.
+    /// it in `PACKET_AUXDATA` or the ring frame's header), so that every frame carries
+    /// its tags inline from here on. Moves only the virtio-net header and the MAC
+    /// addresses into the headroom, and shifts the header's offsets past the tag.
     pub fn reinsert_vlan(&mut self, i: usize, tpid: u16, tci: u16) {
-        let base = i * BUF_SIZE;
-        if self.starts[i] != HEADROOM || self.lens[i] < VNET_HDR_LEN + 12 {
+        if self.room[i] < 4 || self.lens[i] < VNET_HDR_LEN + 12 {
             return;
         }
-        self.storage
-            .copy_within(base + HEADROOM..base + HEADROOM + VNET_HDR_LEN + 12, base);
-        let tag = base + VNET_HDR_LEN + 12;
-        self.storage[tag..tag + 2].copy_from_slice(&tpid.to_be_bytes());
-        self.storage[tag + 2..tag + 4].copy_from_slice(&tci.to_be_bytes());
-        self.starts[i] = 0;
-        self.lens[i] += HEADROOM;
-        let hdr_bytes: &mut [u8; VNET_HDR_LEN] = (&mut self.storage[base..base + VNET_HDR_LEN])
-            .try_into()
-            .unwrap();
+        // SAFETY: the 4 bytes before the slot belong to it (`room`), and the first
+        // VNET_HDR_LEN + 12 bytes are inside it (`lens`); `copy` allows overlap.
+        let p = unsafe {
+            let p = self.ptrs[i].sub(4);
+            std::ptr::copy(self.ptrs[i], p, VNET_HDR_LEN + 12);
+            p
+        };
+        self.ptrs[i] = p;
+        self.room[i] -= 4;
+        self.lens[i] += 4;
+        // SAFETY: the slot now starts at `p` and is `lens[i]` bytes long; nothing else
+        // borrows it (we hold `&mut self`).
+        let slot = unsafe { std::slice::from_raw_parts_mut(p, self.lens[i]) };
+        let tag = VNET_HDR_LEN + 12;
+        slot[tag..tag + 2].copy_from_slice(&tpid.to_be_bytes());
+        slot[tag + 2..tag + 4].copy_from_slice(&tci.to_be_bytes());
+        let hdr_bytes: &mut [u8; VNET_HDR_LEN] = (&mut slot[..VNET_HDR_LEN]).try_into().unwrap();
         let mut hdr = ofproto::vnet_hdr::VnetHdr::parse(hdr_bytes);
         if hdr.needs_csum() {
-            hdr.csum_start += HEADROOM as u16;
+            hdr.csum_start += 4;
         }
         if hdr.hdr_len != 0 {
-            hdr.hdr_len += HEADROOM as u16;
+            hdr.hdr_len += 4;
         }
         hdr.emit(hdr_bytes);
     }
@@ -126,9 +176,10 @@ impl RxBatch {
         self.truncated[i]
     }
 
-    /// The receive area of slot `i` (after the headroom), reset for a new frame.
+    /// The receive area of slot `i` in `storage` (after the headroom), reset for a new
+    /// frame; [`RxBatch::set_stored`] says how much of it a frame filled.
     fn slot_buf(&mut self, i: usize) -> &mut [u8] {
-        self.starts[i] = HEADROOM;
+        self.set_stored(i, HEADROOM, 0);
         &mut self.storage[i * BUF_SIZE + HEADROOM..(i + 1) * BUF_SIZE]
     }
 }
@@ -271,6 +322,14 @@ impl Netdev {
         }
     }
 
+    /// Gives back what the last [`Netdev::recv`] holds (receive-ring frames), once
+    /// the batch is sent and cleared.
+    pub fn release(&self) {
+        if let Netdev::Packet(p) = self {
+            p.release();
+        }
+    }
+
     /// Reads up to [`BATCH`] frames without blocking. `Ok(0)` means nothing was
     /// waiting.
     pub fn recv(&self, rx: &mut RxBatch) -> io::Result<usize> {
@@ -309,7 +368,7 @@ fn recv_batch(
     let mut names: [libc::sockaddr_storage; BATCH] = unsafe { std::mem::zeroed() };
     let mut ctrl = [[0u64; CTRL_LEN / 8]; BATCH];
     for (i, v) in iov.iter_mut().enumerate() {
-        rx.starts[i] = at;
+        rx.set_stored(i, at, 0);
         let buf = &mut rx.storage[i * BUF_SIZE + at..(i + 1) * BUF_SIZE];
         *v = libc::iovec {
             iov_base: buf.as_mut_ptr() as *mut libc::c_void,

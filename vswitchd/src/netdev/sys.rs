@@ -2,7 +2,7 @@
 
 use std::ffi::CString;
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 /// The interface index of `name`, or `ENODEV`.
 pub fn ifindex(name: &str) -> io::Result<u32> {
@@ -98,4 +98,37 @@ pub fn set_mtu(name: &str, mtu: u32) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+/// Sets a socket option whose value is a `T`.
+pub fn setsockopt<T>(fd: RawFd, level: libc::c_int, name: libc::c_int, val: &T) -> io::Result<()> {
+    // SAFETY: `val` points to a live T of the given size for the duration of the call.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            name,
+            val as *const T as *const libc::c_void,
+            std::mem::size_of::<T>() as libc::socklen_t,
+        )
+    };
+    if r < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(())
+    }
+}
+
+/// Socket buffer size for datapath sockets: a burst of super-frames must fit.
+pub const SOCK_BUF: libc::c_int = 8 << 20;
+
+/// Gives `fd` [`SOCK_BUF`]-byte buffers: `which` is (forced option, plain option)
+/// pairs, e.g. `(SO_RCVBUFFORCE, SO_RCVBUF)`. Forcing needs CAP_NET_ADMIN; without
+/// it the plain option gets what the system's maximum allows.
+pub fn big_buffers(fd: RawFd, which: &[(libc::c_int, libc::c_int)]) {
+    for &(force, plain) in which {
+        if setsockopt(fd, libc::SOL_SOCKET, force, &SOCK_BUF).is_err() {
+            let _ = setsockopt(fd, libc::SOL_SOCKET, plain, &SOCK_BUF);
+        }
+    }
 }

@@ -18,7 +18,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use ofproto::vnet_hdr::VNET_HDR_LEN;
 use tun_rs::{DeviceBuilder, Layer, SyncDevice};
 
-use super::{is_congestion, sys, NetdevError, RxBatch, TxBatch, TxResult, BATCH};
+use super::{is_congestion, sys, NetdevError, RxBatch, TxBatch, TxResult, BATCH, HEADROOM};
 
 pub struct Tap {
     pub name: String,
@@ -57,8 +57,8 @@ impl Tap {
             let buf = rx.slot_buf(n);
             match self.dev.recv(buf) {
                 Ok(len) => {
+                    rx.set_stored(n, HEADROOM, len);
                     rx.truncated[n] = len < VNET_HDR_LEN;
-                    rx.lens[n] = len;
                     n += 1;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,

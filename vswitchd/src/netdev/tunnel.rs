@@ -27,12 +27,16 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use ofproto::tunnel::{self, DecapError};
 use ofproto::vnet_hdr::VNET_HDR_LEN;
 
-use super::{recv_batch, send_batch, Dest, RxBatch, TxBatch, TxResult, BATCH, BUF_SIZE};
+use super::{recv_batch, send_batch, sys, Dest, RxBatch, TxBatch, TxResult, BATCH, BUF_SIZE};
 
 /// Where in a slot's buffer a tunnel packet is read: room for the virtio-net header
 /// in front of the inner frame even after the shortest outer header (VXLAN's 8 bytes).
 pub const RX_AT: usize = 16;
-const SOCK_BUF: libc::c_int = 8 << 20;
+/// Tunnel sockets both receive and send bursts.
+const BOTH_BUFFERS: &[(libc::c_int, libc::c_int)] = &[
+    (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
+    (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
+];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum TunnelKind {
@@ -76,36 +80,6 @@ fn socket(family: libc::c_int, ty: libc::c_int, proto: libc::c_int) -> io::Resul
     })?;
     // SAFETY: a fresh descriptor we own.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-fn setsockopt_int(
-    fd: RawFd,
-    level: libc::c_int,
-    name: libc::c_int,
-    v: libc::c_int,
-) -> io::Result<()> {
-    // SAFETY: `v` lives across the call; the kernel reads sizeof(int) bytes.
-    check(unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            &v as *const libc::c_int as *const libc::c_void,
-            mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    })
-    .map(|_| ())
-}
-
-fn big_buffers(fd: RawFd) {
-    for (force, plain) in [
-        (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF),
-        (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF),
-    ] {
-        if setsockopt_int(fd, libc::SOL_SOCKET, force, SOCK_BUF).is_err() {
-            let _ = setsockopt_int(fd, libc::SOL_SOCKET, plain, SOCK_BUF);
-        }
-    }
 }
 
 /// A socket address for `ip` and `port`, in the storage `sendmmsg` takes.
@@ -179,20 +153,20 @@ impl TunnelRx {
     pub fn vxlan(v6: bool, local: Option<IpAddr>, port: u16) -> io::Result<TunnelRx> {
         let fd = if v6 {
             let fd = socket(libc::AF_INET6, libc::SOCK_DGRAM, libc::IPPROTO_UDP)?;
-            setsockopt_int(fd.as_raw_fd(), libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, 1)?;
-            setsockopt_int(
+            sys::setsockopt(fd.as_raw_fd(), libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, &1i32)?;
+            sys::setsockopt(
                 fd.as_raw_fd(),
                 libc::IPPROTO_IPV6,
                 libc::IPV6_RECVPKTINFO,
-                1,
+                &1i32,
             )?;
             fd
         } else {
             let fd = socket(libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_UDP)?;
-            setsockopt_int(fd.as_raw_fd(), libc::IPPROTO_IP, libc::IP_PKTINFO, 1)?;
+            sys::setsockopt(fd.as_raw_fd(), libc::IPPROTO_IP, libc::IP_PKTINFO, &1i32)?;
             fd
         };
-        big_buffers(fd.as_raw_fd());
+        sys::big_buffers(fd.as_raw_fd(), BOTH_BUFFERS);
         let any: IpAddr = if v6 {
             Ipv6Addr::UNSPECIFIED.into()
         } else {
@@ -211,17 +185,17 @@ impl TunnelRx {
     pub fn gre(v6: bool) -> io::Result<TunnelRx> {
         let fd = if v6 {
             let fd = socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_GRE)?;
-            setsockopt_int(
+            sys::setsockopt(
                 fd.as_raw_fd(),
                 libc::IPPROTO_IPV6,
                 libc::IPV6_RECVPKTINFO,
-                1,
+                &1i32,
             )?;
             fd
         } else {
             socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_GRE)?
         };
-        big_buffers(fd.as_raw_fd());
+        sys::big_buffers(fd.as_raw_fd(), BOTH_BUFFERS);
         Ok(TunnelRx {
             kind: TunnelKind::Gre,
             v6,
@@ -239,7 +213,7 @@ impl TunnelRx {
     pub fn recv(&self, rx: &mut RxBatch, meta: &mut [RxMeta; BATCH]) -> io::Result<usize> {
         recv_batch(self.fd.as_raw_fd(), rx, RX_AT, |rx, i, m, name| {
             let len = (m.msg_len as usize).min(BUF_SIZE - RX_AT);
-            rx.truncated[i] = m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+            let truncated = m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
             let base = i * BUF_SIZE + RX_AT;
             let pkt = &rx.storage[base..base + len];
             let src = addr_of(name);
@@ -266,8 +240,7 @@ impl TunnelRx {
                     // The slot starts an empty virtio-net header before the inner frame.
                     let start = RX_AT + inner - VNET_HDR_LEN;
                     rx.storage[i * BUF_SIZE + start..i * BUF_SIZE + start + VNET_HDR_LEN].fill(0);
-                    rx.starts[i] = start;
-                    rx.lens[i] = len - inner + VNET_HDR_LEN;
+                    rx.set_stored(i, start, len - inner + VNET_HDR_LEN);
                 }
                 Err(e) => {
                     let src = match (self.kind, self.v6) {
@@ -281,10 +254,10 @@ impl TunnelRx {
                         key: 0,
                         err: Some(e),
                     };
-                    rx.starts[i] = RX_AT;
-                    rx.lens[i] = 0;
+                    rx.set_stored(i, RX_AT, 0);
                 }
             }
+            rx.truncated[i] = truncated;
         })
     }
 }
@@ -346,16 +319,26 @@ impl TunnelTx {
     pub fn open() -> io::Result<TunnelTx> {
         // IPPROTO_RAW implies IP_HDRINCL and never receives.
         let v4 = socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_RAW)?;
-        big_buffers(v4.as_raw_fd());
+        sys::big_buffers(v4.as_raw_fd(), BOTH_BUFFERS);
         let udp6 = socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_UDP)?;
         // The kernel computes the UDP checksum at offset 6 (IPv6 requires one).
-        setsockopt_int(udp6.as_raw_fd(), libc::IPPROTO_IPV6, libc::IPV6_CHECKSUM, 6)?;
+        sys::setsockopt(
+            udp6.as_raw_fd(),
+            libc::IPPROTO_IPV6,
+            libc::IPV6_CHECKSUM,
+            &6i32,
+        )?;
         let gre6 = socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_GRE)?;
         for fd in [&udp6, &gre6] {
-            big_buffers(fd.as_raw_fd());
+            sys::big_buffers(fd.as_raw_fd(), BOTH_BUFFERS);
             drop_everything(fd.as_raw_fd())?;
             // Too big for the path: refused (EMSGSIZE), never fragmented.
-            setsockopt_int(fd.as_raw_fd(), libc::IPPROTO_IPV6, libc::IPV6_DONTFRAG, 1)?;
+            sys::setsockopt(
+                fd.as_raw_fd(),
+                libc::IPPROTO_IPV6,
+                libc::IPV6_DONTFRAG,
+                &1i32,
+            )?;
         }
         Ok(TunnelTx { v4, udp6, gre6 })
     }
