@@ -376,16 +376,11 @@ class Topology:
     def udp_pps(self, secs):
         sink = self._start(NS_B, f"{BIN}/udpsink --bind {IP_B}:9000 --idle 1 --max {secs + 5}")
         pids = [p for p in [self.pid] + self.more_pids if p]
-        perf = None
-        if PROFILE and self.kind == "vswitchd":
-            perf = subprocess.Popen(["perf", "record", "-g", "-q", "-p", str(self.pid), "-o", PROFILE],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        perf = self._perf("udp")
         j0 = sum(jiffies_of(p) for p in pids)
         gen = json.loads(ns(NS_A, f"{BIN}/udpgen --dst {IP_B}:9000 --secs {secs}"))
         j1 = sum(jiffies_of(p) for p in pids)
-        if perf:
-            perf.send_signal(2)
-            perf.wait()
+        self._perf_stop(perf)
         out, _ = sink.communicate(timeout=secs + 30)
         got = json.loads(out.strip().splitlines()[-1])
         pps = got["received"] / gen["secs"]
@@ -393,15 +388,30 @@ class Topology:
         per_m = cpu / (got["received"] / 1e6) if cpu is not None and got["received"] else None
         return {"udp_pps": pps, "udp_offered_pps": gen["sent"] / gen["secs"], "cpu_s_per_mpkt": per_m}
 
-    def tcp_gbps(self, secs):
+    def _perf(self, phase):
+        """With --profile, starts `perf record -g` of the vswitchd case into PROFILE.phase."""
+        if not (PROFILE and self.kind == "vswitchd"):
+            return None
+        return subprocess.Popen(["perf", "record", "-g", "-q", "-p", str(self.pid), "-o", f"{PROFILE}.{phase}"],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    @staticmethod
+    def _perf_stop(perf):
+        if perf:
+            perf.send_signal(2)
+            perf.wait()
+
+    def tcp_gbps(self, secs, phase="tcp"):
         # -1 -D: one test then exit; the pidfile lets teardown end it when the
         # client never got through (Open vSwitch with default offloads).
         pidfile = os.path.join(self.tmp, f"iperf3-{len(self.iperf_pids)}.pid")
         ns(NS_B, f"iperf3 -s -1 -D -p 5299 -I {pidfile}")
         self.iperf_pids.append(pidfile)
         time.sleep(0.3)
+        perf = self._perf(phase)
         r = subprocess.run(f"ip netns exec {NS_A} timeout {secs + 30} iperf3 -c {IP_B} -p 5299 -t {secs} -J --connect-timeout 3000",
                            shell=True, text=True, capture_output=True)
+        self._perf_stop(perf)
         try:
             j = json.loads(r.stdout)
             return j["end"]["sum_received"]["bits_per_second"] / 1e9
@@ -432,7 +442,7 @@ def run_one(kind, args):
         lat = t.latency(args.pings)
         res["lat_p50_us"], res["lat_p99_us"] = lat["p50_us"], lat["p99_us"]
         t.offloads_off()
-        res["tcp_gbps_no_offload"] = t.tcp_gbps(args.secs)
+        res["tcp_gbps_no_offload"] = t.tcp_gbps(args.secs, "tcp-off")
         if t.pid:
             res["rss_kib"] = sum(rss_kib(p) for p in [t.pid] + t.more_pids)
         # CPU time the hypervisor took from this VM during the run: on a shared host
@@ -500,7 +510,7 @@ def main():
     ap.add_argument("--base-bin", default=None,
                     help="directory with an earlier build's vswitchd and vsctl, for the vswitchd-base kind")
     ap.add_argument("--profile", default=None,
-                    help="perf record -g the vswitchd case's 64 B UDP test into this file")
+                    help="perf record -g the vswitchd case's throughput tests into FILE.udp, FILE.tcp, FILE.tcp-off")
     ap.add_argument("--results", default=os.path.join(ROOT, "bench", "results.jsonl"))
     args = ap.parse_args()
     global BUSY_POLL_US, BASE_BIN, PROFILE
