@@ -272,6 +272,12 @@ impl PacketSocket {
         })
     }
 
+    /// `Some(whether a frame waits in the receive ring)`, without a system call;
+    /// `None` without a ring.
+    pub fn rx_ready(&self) -> Option<bool> {
+        self.ring.as_ref().map(RxRing::ready)
+    }
+
     /// Lets the kernel have the receive-ring frames of the last batch back; the
     /// datapath calls it once the batch is sent and cleared.
     pub fn release(&self) {

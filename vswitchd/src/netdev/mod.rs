@@ -322,6 +322,15 @@ impl Netdev {
         }
     }
 
+    /// `Some(whether frames wait)` for a device that can tell without a system call
+    /// (a receive ring); `None` for the others, which only epoll can ask.
+    pub fn rx_ready(&self) -> Option<bool> {
+        match self {
+            Netdev::Packet(p) => p.rx_ready(),
+            Netdev::Tap(_) => None,
+        }
+    }
+
     /// Gives back what the last [`Netdev::recv`] holds (receive-ring frames), once
     /// the batch is sent and cleared.
     pub fn release(&self) {

@@ -127,6 +127,13 @@ impl RxRing {
         unsafe { &*(self.frame(i) as *const AtomicU32) }
     }
 
+    /// Whether a frame waits: one memory read, no system call.
+    #[inline]
+    pub fn ready(&self) -> bool {
+        let head = self.head.load(Ordering::Relaxed);
+        self.status(head).load(Ordering::Acquire) & TP_STATUS_USER != 0
+    }
+
     /// Gives the frames of the last batch back to the kernel.
     pub fn release(&self) {
         let held = self.held.swap(0, Ordering::Relaxed);
