@@ -11,7 +11,7 @@ Topology (built and removed by this script; names carry the PID):
 
 Switches run alternately (A B C ... A B C ...), --reps times each; the table shows
 medians. Metrics: 64-byte UDP packets/s delivered (sendmmsg generator, recvmmsg
-sink), TCP throughput (iperf3) with veth offloads at their defaults and with
+sink) and TCP throughput (iperf3), each with veth offloads at their defaults and with
 tx/tso/gso/gro off, UDP round-trip latency p50/p99, the switch's CPU seconds per
 million packets delivered, and its RSS (idle and after the runs). Before each run
 the machine's idle CPU is sampled; a run that starts on a busy machine is flagged.
@@ -373,10 +373,10 @@ class Topology:
             raise RuntimeError(f"{cmd} did not start: {line!r}")
         return p
 
-    def udp_pps(self, secs):
+    def udp_pps(self, secs, phase="udp"):
         sink = self._start(NS_B, f"{BIN}/udpsink --bind {IP_B}:9000 --idle 1 --max {secs + 5}")
         pids = [p for p in [self.pid] + self.more_pids if p]
-        perf = self._perf("udp")
+        perf = self._perf(phase)
         j0 = sum(jiffies_of(p) for p in pids)
         gen = json.loads(ns(NS_A, f"{BIN}/udpgen --dst {IP_B}:9000 --secs {secs}"))
         j1 = sum(jiffies_of(p) for p in pids)
@@ -443,6 +443,11 @@ def run_one(kind, args):
         res["lat_p50_us"], res["lat_p99_us"] = lat["p50_us"], lat["p99_us"]
         t.offloads_off()
         res["tcp_gbps_no_offload"] = t.tcp_gbps(args.secs, "tcp-off")
+        # Open vSwitch's netdev datapath forwards no UDP with default offloads; this
+        # is the case it can be compared in.
+        off = t.udp_pps(args.secs, "udp-off")
+        res["udp_pps_no_offload"] = off["udp_pps"]
+        res["cpu_s_per_mpkt_no_offload"] = off["cpu_s_per_mpkt"]
         if t.pid:
             res["rss_kib"] = sum(rss_kib(p) for p in [t.pid] + t.more_pids)
         # CPU time the hypervisor took from this VM during the run: on a shared host
@@ -457,11 +462,13 @@ def run_one(kind, args):
 
 METRICS = [
     ("udp_pps", "64 B UDP delivered (Mpps)", lambda v: v / 1e6, "{:.3f}"),
+    ("udp_pps_no_offload", "64 B UDP, offloads off (Mpps)", lambda v: v / 1e6, "{:.3f}"),
     ("tcp_gbps_offload", "TCP, offloads default (Gbit/s)", lambda v: v, "{:.2f}"),
     ("tcp_gbps_no_offload", "TCP, tx/tso/gso/gro off (Gbit/s)", lambda v: v, "{:.2f}"),
     ("lat_p50_us", "UDP RTT p50 (µs)", lambda v: v, "{:.1f}"),
     ("lat_p99_us", "UDP RTT p99 (µs)", lambda v: v, "{:.1f}"),
     ("cpu_s_per_mpkt", "switch CPU s per Mpkt (UDP)", lambda v: v, "{:.2f}"),
+    ("cpu_s_per_mpkt_no_offload", "switch CPU s per Mpkt (UDP, offloads off)", lambda v: v, "{:.2f}"),
     ("rss_idle_kib", "switch RSS idle (MiB)", lambda v: v / 1024, "{:.1f}"),
     ("rss_kib", "switch RSS after runs (MiB)", lambda v: v / 1024, "{:.1f}"),
 ]
@@ -510,7 +517,7 @@ def main():
     ap.add_argument("--base-bin", default=None,
                     help="directory with an earlier build's vswitchd and vsctl, for the vswitchd-base kind")
     ap.add_argument("--profile", default=None,
-                    help="perf record -g the vswitchd case's throughput tests into FILE.udp, FILE.tcp, FILE.tcp-off")
+                    help="perf record -g the vswitchd case's throughput tests into FILE.udp, FILE.tcp, FILE.tcp-off, FILE.udp-off")
     ap.add_argument("--results", default=os.path.join(ROOT, "bench", "results.jsonl"))
     args = ap.parse_args()
     global BUSY_POLL_US, BASE_BIN, PROFILE
