@@ -138,6 +138,32 @@ fn ping_tcp_udp_with_offloads_off() {
 
 /// A port that cannot take offloaded frames (`options:offload=false`) makes the
 /// switch complete checksums and segment TSO super-frames itself.
+/// `options:rx_ring=false` reads a port with `recvmmsg` instead of a receive ring:
+/// forwarding (incl. super-frames and a VLAN tag the veth strips into auxiliary data)
+/// must work the same; a value other than true/false is refused, naming the column.
+#[test]
+fn ports_without_receive_ring_forward_the_same() {
+    let (d, br, h) = switch_with_hosts(2);
+    let (a, b) = (&h[0], &h[1]);
+    let bad = d.vsctl(&["set", "Interface", &a.port, "options:rx_ring=maybe"]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("options:rx_ring"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+    for x in [a, b] {
+        d.vsctl_ok(&["set", "Interface", &x.port, "options:rx_ring=false"]);
+    }
+    assert!(a.ping(&b.ip), "ping a → b failed\n{}", d.log_tail());
+    tcp_transfer(a, b, 16 << 20);
+    udp_exchange(a, b, 100);
+    let tagged = frame(&b.mac, &a.mac, Some(0x2007), 7);
+    let got = deliver(a, std::slice::from_ref(&tagged), &[b]).remove(0);
+    assert_eq!(got, vec![tagged], "the tagged frame did not cross as sent");
+    assert_eq!(stat(&d, &br, &a.port, "rx_errors"), 0);
+}
+
 /// Frames larger than a receive-ring frame (2 KiB) reach the datapath another way
 /// (the kernel queues them on the socket and marks the ring frame): jumbo frames
 /// must cross whole, and interleaved with small frames they must keep their order.

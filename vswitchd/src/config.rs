@@ -1076,7 +1076,8 @@ fn set_iface_column(i: &mut Interface, s: &Setting) -> Result<(), ConfigError> {
         }
         "options" => {
             let known = |k: &str| {
-                matches!(k, "peer" | "offload") || crate::tunnel::KNOWN_OPTIONS.contains(&k)
+                matches!(k, "peer" | "offload" | "rx_ring")
+                    || crate::tunnel::KNOWN_OPTIONS.contains(&k)
             };
             if let Some(k) = s.key.as_deref().filter(|k| !known(k)) {
                 return Err(ConfigError::BadValue {
@@ -1084,18 +1085,19 @@ fn set_iface_column(i: &mut Interface, s: &Setting) -> Result<(), ConfigError> {
                     column: format!("options:{k}"),
                     reason: format!(
                         "unknown option (this switch knows options:peer for patch ports, \
-                         options:offload, and for tunnels options:{})",
+                         options:offload and options:rx_ring, and for tunnels options:{})",
                         crate::tunnel::KNOWN_OPTIONS.join(", options:")
                     ),
                 });
             }
-            if s.key.as_deref() == Some("offload") && !matches!(s.value.as_str(), "true" | "false")
-            {
-                return Err(ConfigError::BadValue {
-                    table: "Interface",
-                    column: "options:offload".into(),
-                    reason: format!("\"{}\" is not true or false", s.value),
-                });
+            if let Some(k @ ("offload" | "rx_ring")) = s.key.as_deref() {
+                if !matches!(s.value.as_str(), "true" | "false") {
+                    return Err(ConfigError::BadValue {
+                        table: "Interface",
+                        column: format!("options:{k}"),
+                        reason: format!("\"{}\" is not true or false", s.value),
+                    });
+                }
             }
             set_map(&mut i.options, "Interface", s)
         }

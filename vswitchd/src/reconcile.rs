@@ -31,6 +31,8 @@ use crate::tunnel::Endpoint;
 struct OpenedAs {
     kind: IfaceType,
     offload: bool,
+    /// `options:rx_ring` (`system` ports): read through a receive ring.
+    rx_ring: bool,
 }
 
 struct OpenDevice {
@@ -61,12 +63,13 @@ fn wanted(cfg: &Config) -> HashMap<&str, OpenedAs> {
             if i.kind == IfaceType::Patch || i.tunnel_kind().is_some() {
                 continue;
             }
-            let offload = i.options.get("offload").map(String::as_str) != Some("false");
+            let on = |k: &str| i.options.get(k).map(String::as_str) != Some("false");
             w.insert(
                 name.as_str(),
                 OpenedAs {
                     kind: i.kind,
-                    offload,
+                    offload: on("offload"),
+                    rx_ring: on("rx_ring"),
                 },
             );
         }
@@ -186,7 +189,7 @@ impl Devices {
             }
             let result = match how.kind {
                 IfaceType::Internal => Tap::create(name).map(Netdev::Tap),
-                _ => PacketSocket::open(name, how.offload).map(Netdev::Packet),
+                _ => PacketSocket::open(name, how.offload, how.rx_ring).map(Netdev::Packet),
                 // Patch ports have no device.
             };
             match result {

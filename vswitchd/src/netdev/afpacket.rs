@@ -154,7 +154,10 @@ fn recv_one(fd: RawFd, rx: &mut RxBatch, i: usize) -> io::Result<()> {
 
 impl PacketSocket {
     /// Attaches to the existing interface `name` and brings it up.
-    pub fn open(name: &str, offload: bool) -> Result<PacketSocket, NetdevError> {
+    /// `offload`: transmit with virtio-net headers; `rx_ring`: read through a
+    /// receive ring (`false`: with `recvmmsg`, as before the rings, for a host that
+    /// cannot spare the ring's 2 MiB per port).
+    pub fn open(name: &str, offload: bool, rx_ring: bool) -> Result<PacketSocket, NetdevError> {
         let open_err = |source| NetdevError::Open {
             name: name.to_string(),
             source,
@@ -176,9 +179,10 @@ impl PacketSocket {
             .map_err(|e| cfg_err("PACKET_AUXDATA", e))?;
         sys::big_buffers(fd, &[(libc::SO_RCVBUFFORCE, libc::SO_RCVBUF)]);
         // A receive ring (see rx_ring.rs); without one, recvmmsg does the same job.
-        let ring = match RxRing::attach(fd) {
-            Ok(r) => Some(r),
-            Err(e) => {
+        let ring = match rx_ring.then(|| RxRing::attach(fd)) {
+            None => None,
+            Some(Ok(r)) => Some(r),
+            Some(Err(e)) => {
                 tracing::warn!("{name}: no receive ring ({e}); reading with recvmmsg");
                 None
             }
