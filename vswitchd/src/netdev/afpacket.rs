@@ -268,8 +268,15 @@ impl PacketSocket {
             if n > 0 {
                 return Ok(n);
             }
-            // An empty ring: the socket may still have an error to report (the
-            // device went down or away), which only a read returns.
+            // An empty ring: the socket may have an error to report (the device
+            // went down or away). Not read from its queue: that holds only frames
+            // whose ring frame says TP_STATUS_COPY, and one may be queued a moment
+            // before its ring frame is marked — reading it here would take it out of
+            // its place.
+            return match sys::take_socket_error(fd) {
+                Some(e) => Err(e),
+                None => Ok(0),
+            };
         }
         recv_batch(fd, rx, HEADROOM, |rx, i, m, _| {
             received(rx, i, m.msg_len as usize, &m.msg_hdr)

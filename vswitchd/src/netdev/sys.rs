@@ -132,3 +132,26 @@ pub fn big_buffers(fd: RawFd, which: &[(libc::c_int, libc::c_int)]) {
         }
     }
 }
+
+/// The pending error of a socket (`SO_ERROR`, which also clears it), if any.
+pub fn take_socket_error(fd: RawFd) -> Option<io::Error> {
+    let mut err: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: err and len are valid for writing; the kernel writes at most len bytes.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            &mut err as *mut libc::c_int as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    if r < 0 {
+        Some(io::Error::last_os_error())
+    } else if err != 0 {
+        Some(io::Error::from_raw_os_error(err))
+    } else {
+        None
+    }
+}
