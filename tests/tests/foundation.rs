@@ -152,9 +152,16 @@ fn ports_without_receive_ring_forward_the_same() {
         "{}",
         String::from_utf8_lossy(&bad.stderr)
     );
+    let mode = |p: &str| d.vsctl_ok(&["get", "Interface", p, "status:rx_mode"]);
+    assert_eq!(mode(&a.port).trim(), "ring");
     for x in [a, b] {
         d.vsctl_ok(&["set", "Interface", &x.port, "options:rx_ring=false"]);
     }
+    assert_eq!(
+        mode(&a.port).trim(),
+        "recvmmsg",
+        "the device was not re-opened"
+    );
     assert!(a.ping(&b.ip), "ping a → b failed\n{}", d.log_tail());
     tcp_transfer(a, b, 16 << 20);
     udp_exchange(a, b, 100);

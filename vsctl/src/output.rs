@@ -256,6 +256,10 @@ pub fn row(st: &State, table: &str, record: &str) -> Result<Row, String> {
                     ("external_ids", i.external_ids.clone()),
                     ("options", i.options.clone()),
                     ("statistics", stats),
+                    (
+                        "status",
+                        status.map(|s| s.status.clone()).unwrap_or_default(),
+                    ),
                 ],
             ))
         }

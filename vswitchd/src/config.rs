@@ -247,6 +247,9 @@ pub enum ConfigError {
     UnknownTable(String),
     #[error("table {table} has no column named {column}")]
     UnknownColumn { table: &'static str, column: String },
+    /// ovs-vsctl's wording: the switch maintains these (ofport, statistics, status, ...).
+    #[error("cannot modify read-only column {column} in table {table}")]
+    ReadOnly { table: &'static str, column: String },
     #[error("{table} column {column}: {reason}")]
     BadValue {
         table: &'static str,
@@ -304,6 +307,25 @@ pub fn check_name(name: &str) -> Result<(), ConfigError> {
     Ok(())
 }
 
+/// Why `column` of `table` cannot be set: it is one the switch maintains (listed in
+/// [`TABLES`]), or it does not exist.
+fn not_settable(table: &'static str, column: &str) -> ConfigError {
+    let known = TABLES
+        .iter()
+        .any(|(t, cols)| *t == table && cols.contains(&column));
+    if known {
+        ConfigError::ReadOnly {
+            table,
+            column: column.to_string(),
+        }
+    } else {
+        ConfigError::UnknownColumn {
+            table,
+            column: column.to_string(),
+        }
+    }
+}
+
 /// Open vSwitch's forgiving name matching: case-insensitive, `-` = `_`.
 fn norm(s: &str) -> String {
     s.to_ascii_lowercase().replace('-', "_")
@@ -345,6 +367,7 @@ pub const TABLES: &[(&str, &[&str])] = &[
             "error",
             "mac_in_use",
             "statistics",
+            "status",
             "external_ids",
             "options",
         ],
@@ -985,10 +1008,7 @@ fn set_bridge_column(b: &mut Bridge, s: &Setting) -> Result<(), ConfigError> {
             b.datapath_type = s.value.clone();
             Ok(())
         }
-        _ => Err(ConfigError::UnknownColumn {
-            table: "Bridge",
-            column: s.column.clone(),
-        }),
+        _ => Err(not_settable("Bridge", &s.column)),
     }
 }
 
@@ -1053,10 +1073,7 @@ fn set_port_column(p: &mut Port, s: &Setting) -> Result<(), ConfigError> {
         }
         "other_config" => set_map(&mut p.other_config, "Port", s),
         "external_ids" => set_map(&mut p.external_ids, "Port", s),
-        _ => Err(ConfigError::UnknownColumn {
-            table: "Port",
-            column: s.column.clone(),
-        }),
+        _ => Err(not_settable("Port", &s.column)),
     }
 }
 
@@ -1123,10 +1140,7 @@ fn set_iface_column(i: &mut Interface, s: &Setting) -> Result<(), ConfigError> {
             };
             Ok(())
         }
-        _ => Err(ConfigError::UnknownColumn {
-            table: "Interface",
-            column: s.column.clone(),
-        }),
+        _ => Err(not_settable("Interface", &s.column)),
     }
 }
 
@@ -1310,6 +1324,14 @@ mod tests {
             .transact(&[set("Interface", "p1", "colour=blue")])
             .unwrap_err();
         assert_eq!(e.to_string(), "table Interface has no column named colour");
+        for col in ["statistics:rx_packets=1", "status:rx_mode=ring", "ofport=3"] {
+            let e = c.transact(&[set("Interface", "p1", col)]).unwrap_err();
+            let name = col.split([':', '=']).next().unwrap();
+            assert_eq!(
+                e.to_string(),
+                format!("cannot modify read-only column {name} in table Interface")
+            );
+        }
         let e = c.transact(&[set("Wheel", "p1", "a=b")]).unwrap_err();
         assert!(matches!(e, ConfigError::UnknownTable(_)));
         let e = c

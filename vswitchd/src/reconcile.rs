@@ -401,6 +401,7 @@ impl Devices {
                         mac_in_use: sys::mac_address(name)
                             .ok()
                             .map(|m| ofproto::MacAddr(m).to_string()),
+                        status: [("rx_mode".to_string(), d.dev.rx_mode().to_string())].into(),
                         ..IfaceStatus::default()
                     },
                     (_, None) => IfaceStatus {

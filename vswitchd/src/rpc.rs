@@ -168,6 +168,10 @@ pub struct IfaceStatus {
     /// Counters, with Open vSwitch's `statistics` keys.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub statistics: Option<crate::stats::StatsView>,
+    /// Open vSwitch's `status` column: facts about the attached device. Ours:
+    /// `rx_mode` (`ring`: a TPACKET_V2 receive ring; `recvmmsg`; `read`: a TAP).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub status: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

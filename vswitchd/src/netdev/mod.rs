@@ -331,6 +331,15 @@ impl Netdev {
         }
     }
 
+    /// How frames are read, for the interface's `status:rx_mode`.
+    pub fn rx_mode(&self) -> &'static str {
+        match self {
+            Netdev::Packet(p) if p.rx_ready().is_some() => "ring",
+            Netdev::Packet(_) => "recvmmsg",
+            Netdev::Tap(_) => "read",
+        }
+    }
+
     /// Gives back what the last [`Netdev::recv`] holds (receive-ring frames), once
     /// the batch is sent and cleared.
     pub fn release(&self) {
