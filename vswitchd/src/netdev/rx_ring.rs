@@ -185,8 +185,8 @@ impl RxRing {
             let room = start.saturating_sub(libc::TPACKET2_HDRLEN);
             if start >= libc::TPACKET2_HDRLEN && mac + snaplen <= FRAME_SIZE {
                 // SAFETY: `start..mac + snaplen` lies inside this frame, which stays
-                // ours until `release`, which runs only at the next receive (after
-                // the datapath cleared the batch).
+                // ours until `release`: called by the datapath once the batch is sent
+                // and cleared, or at the next receive.
                 unsafe { rx.set_ring(n, f.add(start), room, VNET_HDR_LEN + snaplen) };
             } else {
                 rx.set_stored(n, HEADROOM, 0);
