@@ -148,18 +148,25 @@ pub struct TunnelRx {
     fd: OwnedFd,
 }
 
+/// An IPv6 socket that reports each packet's destination address (IPV6_PKTINFO):
+/// the tunnel's `tun_dst`.
+fn v6_with_pktinfo(ty: libc::c_int, proto: libc::c_int) -> io::Result<OwnedFd> {
+    let fd = socket(libc::AF_INET6, ty, proto)?;
+    sys::setsockopt(
+        fd.as_raw_fd(),
+        libc::IPPROTO_IPV6,
+        libc::IPV6_RECVPKTINFO,
+        &1i32,
+    )?;
+    Ok(fd)
+}
+
 impl TunnelRx {
     /// A UDP socket on `local:port` (any address of the version when `local` is `None`).
     pub fn vxlan(v6: bool, local: Option<IpAddr>, port: u16) -> io::Result<TunnelRx> {
         let fd = if v6 {
-            let fd = socket(libc::AF_INET6, libc::SOCK_DGRAM, libc::IPPROTO_UDP)?;
+            let fd = v6_with_pktinfo(libc::SOCK_DGRAM, libc::IPPROTO_UDP)?;
             sys::setsockopt(fd.as_raw_fd(), libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, &1i32)?;
-            sys::setsockopt(
-                fd.as_raw_fd(),
-                libc::IPPROTO_IPV6,
-                libc::IPV6_RECVPKTINFO,
-                &1i32,
-            )?;
             fd
         } else {
             let fd = socket(libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_UDP)?;
@@ -184,14 +191,7 @@ impl TunnelRx {
     /// Over IPv4 it reads the IP header too; over IPv6 only what follows it.
     pub fn gre(v6: bool) -> io::Result<TunnelRx> {
         let fd = if v6 {
-            let fd = socket(libc::AF_INET6, libc::SOCK_RAW, libc::IPPROTO_GRE)?;
-            sys::setsockopt(
-                fd.as_raw_fd(),
-                libc::IPPROTO_IPV6,
-                libc::IPV6_RECVPKTINFO,
-                &1i32,
-            )?;
-            fd
+            v6_with_pktinfo(libc::SOCK_RAW, libc::IPPROTO_GRE)?
         } else {
             socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_GRE)?
         };
