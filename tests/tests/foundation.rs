@@ -367,6 +367,42 @@ fn missing_device_is_reported_then_attached_when_it_appears() {
     let _ = sh(&format!("ip link del {late_name}"));
 }
 
+/// A device removed under its attached port (a VM's tap when the VM stops): the port
+/// reports it, the others keep forwarding, and the datapath goes back to sleep — the
+/// socket's error is taken, not left to wake the thread forever.
+#[test]
+fn a_device_removed_under_its_port_leaves_the_datapath_idle() {
+    let (d, _br, h) = switch_with_hosts(3);
+    let (a, b, c) = (&h[0], &h[1], &h[2]);
+    assert!(a.ping(&c.ip));
+    sh_ok(&format!("ip link del {}", c.port));
+    wait_for(
+        Duration::from_secs(10),
+        "the removed device reported",
+        || {
+            let st = d.vsctl_json(&["show"]);
+            st["status"][&c.port]["error"].as_str().map(|_| ())
+        },
+    );
+    assert!(a.ping(&b.ip), "the other ports stopped forwarding");
+    // The daemon's CPU time (user + system, in clock ticks) over one idle second.
+    let ticks = || -> u64 {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", d.pid())).unwrap();
+        let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
+        let f: Vec<&str> = after_comm.split_whitespace().collect();
+        f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap()
+    };
+    let before = ticks();
+    std::thread::sleep(Duration::from_secs(1));
+    let used = ticks() - before;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    assert!(
+        used * 4 < hz,
+        "the idle daemon used {used} of {hz} ticks in a second: something keeps waking it"
+    );
+}
+
 #[test]
 fn garbage_frames_are_counted_and_dropped_while_forwarding_continues() {
     let (d, br, h) = switch_with_hosts(2);

@@ -535,9 +535,7 @@ impl Worker {
         self.pending.clear();
         self.rx.clear();
         self.ring_ports = (0..snap.ports.len())
-            .filter(
-                |&i| matches!(&snap.ports[i].kind, PortKind::Device(d) if d.rx_ready().is_some()),
-            )
+            .filter(|&i| matches!(&snap.ports[i].kind, PortKind::Device(d) if d.has_ring()))
             .collect();
         // New flow tables (or none): every cached decision is stale.
         self.cache.invalidate();
@@ -557,7 +555,7 @@ impl Worker {
         for k in 0..self.ring_ports.len() {
             let i = self.ring_ports[k];
             if let PortKind::Device(d) = &snap.ports[i].kind {
-                if d.rx_ready() == Some(true) {
+                if d.rx_ready() {
                     self.poll_port(i);
                     any = true;
                 }
@@ -608,8 +606,7 @@ impl Worker {
             p.stats.add_rx(c.packets, c.bytes, c.dropped, c.errors);
             self.flush(&snap);
             // Sent (copied by the kernel): the receive slots may go back.
-            self.rx.clear();
-            dev.release();
+            dev.release(&mut self.rx);
             if n < BATCH {
                 return;
             }

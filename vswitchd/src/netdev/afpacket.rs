@@ -29,15 +29,13 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 use ofproto::vnet_hdr::VNET_HDR_LEN;
 
-use super::rx_ring::RxRing;
+use super::rx_ring::{stripped_tag, RxRing};
 use super::sys::setsockopt;
 use super::{
     recv_batch, send_batch, sys, NetdevError, RxBatch, TxBatch, TxResult, BUF_SIZE, HEADROOM,
 };
 
 const ETH_P_ALL: u16 = 0x0003;
-const TP_STATUS_VLAN_VALID: u32 = 0x10;
-const TP_STATUS_VLAN_TPID_VALID: u32 = 0x40;
 
 pub struct PacketSocket {
     pub name: String,
@@ -100,15 +98,7 @@ fn stripped_vlan(hdr: &libc::msghdr) -> Option<(u16, u16)> {
             if (*c).cmsg_level == libc::SOL_PACKET && (*c).cmsg_type == libc::PACKET_AUXDATA {
                 let aux =
                     std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::tpacket_auxdata);
-                if aux.tp_status & TP_STATUS_VLAN_VALID != 0 {
-                    let tpid = if aux.tp_status & TP_STATUS_VLAN_TPID_VALID != 0 {
-                        aux.tp_vlan_tpid
-                    } else {
-                        0x8100
-                    };
-                    return Some((tpid, aux.tp_vlan_tci));
-                }
-                return None;
+                return stripped_tag(aux.tp_status, aux.tp_vlan_tpid, aux.tp_vlan_tci);
             }
             c = libc::CMSG_NXTHDR(hdr, c);
         }
@@ -283,15 +273,18 @@ impl PacketSocket {
         })
     }
 
-    /// `Some(whether a frame waits in the receive ring)`, without a system call;
-    /// `None` without a ring.
-    pub fn rx_ready(&self) -> Option<bool> {
-        self.ring.as_ref().map(RxRing::ready)
+    pub fn has_ring(&self) -> bool {
+        self.ring.is_some()
     }
 
-    /// Lets the kernel have the receive-ring frames of the last batch back; the
-    /// datapath calls it once the batch is sent and cleared.
-    pub fn release(&self) {
+    /// Whether a frame waits in the receive ring: a memory read, no system call
+    /// (false without a ring).
+    pub fn rx_ready(&self) -> bool {
+        self.ring.as_ref().is_some_and(RxRing::ready)
+    }
+
+    /// Lets the kernel have the receive-ring frames of the last batch back.
+    pub(super) fn release(&self) {
         if let Some(ring) = &self.ring {
             ring.release();
         }

@@ -322,27 +322,31 @@ impl Netdev {
         }
     }
 
-    /// `Some(whether frames wait)` for a device that can tell without a system call
-    /// (a receive ring); `None` for the others, which only epoll can ask.
-    pub fn rx_ready(&self) -> Option<bool> {
-        match self {
-            Netdev::Packet(p) => p.rx_ready(),
-            Netdev::Tap(_) => None,
-        }
+    /// Whether frames can be seen waiting without a system call (a receive ring);
+    /// the others only epoll can ask.
+    pub fn has_ring(&self) -> bool {
+        matches!(self, Netdev::Packet(p) if p.has_ring())
+    }
+
+    /// Whether a frame waits in the receive ring (false without one).
+    pub fn rx_ready(&self) -> bool {
+        matches!(self, Netdev::Packet(p) if p.rx_ready())
     }
 
     /// How frames are read, for the interface's `status:rx_mode`.
     pub fn rx_mode(&self) -> &'static str {
         match self {
-            Netdev::Packet(p) if p.rx_ready().is_some() => "ring",
+            Netdev::Packet(p) if p.has_ring() => "ring",
             Netdev::Packet(_) => "recvmmsg",
             Netdev::Tap(_) => "read",
         }
     }
 
-    /// Gives back what the last [`Netdev::recv`] holds (receive-ring frames), once
-    /// the batch is sent and cleared.
-    pub fn release(&self) {
+    /// Done with `rx`, the batch the last [`Netdev::recv`] filled (its frames are sent,
+    /// the kernel copied them): forgets it and gives its receive-ring frames back.
+    /// One call, so that no slot can outlive the frame it points into.
+    pub fn release(&self, rx: &mut RxBatch) {
+        rx.clear();
         if let Netdev::Packet(p) = self {
             p.release();
         }

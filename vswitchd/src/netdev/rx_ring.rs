@@ -36,12 +36,22 @@ pub const FRAME_SIZE: usize = 2048;
 pub const FRAMES: usize = 1024;
 const BLOCK_SIZE: usize = 64 << 10;
 
-const TP_STATUS_KERNEL: u32 = 0;
-const TP_STATUS_USER: u32 = 1;
-const TP_STATUS_COPY: u32 = 1 << 1;
-const TP_STATUS_VLAN_VALID: u32 = 1 << 4;
-const TP_STATUS_VLAN_TPID_VALID: u32 = 1 << 6;
-const TPACKET_V2: libc::c_int = 1;
+const TPACKET_V2: libc::c_int = libc::tpacket_versions::TPACKET_V2 as libc::c_int;
+
+/// The tag the kernel stripped from a frame, as (TPID, TCI), from the status word of
+/// a ring frame or of `PACKET_AUXDATA` (the same bits) and its TPID and TCI fields.
+pub fn stripped_tag(status: u32, tpid: u16, tci: u16) -> Option<(u16, u16)> {
+    if status & libc::TP_STATUS_VLAN_VALID == 0 {
+        return None;
+    }
+    // Kernels before 3.14 did not report the TPID: 802.1Q then.
+    let tpid = if status & libc::TP_STATUS_VLAN_TPID_VALID != 0 {
+        tpid
+    } else {
+        0x8100
+    };
+    Some((tpid, tci))
+}
 
 /// What a ring frame says about the frame in it.
 pub struct RingFrame {
@@ -131,7 +141,7 @@ impl RxRing {
     #[inline]
     pub fn ready(&self) -> bool {
         let head = self.head.load(Ordering::Relaxed);
-        self.status(head).load(Ordering::Acquire) & TP_STATUS_USER != 0
+        self.status(head).load(Ordering::Acquire) & libc::TP_STATUS_USER != 0
     }
 
     /// Gives the frames of the last batch back to the kernel.
@@ -141,7 +151,8 @@ impl RxRing {
         for k in 0..held {
             let i = (head + FRAMES - held + k) % FRAMES;
             // Release: our reads of the frame happen before the kernel may reuse it.
-            self.status(i).store(TP_STATUS_KERNEL, Ordering::Release);
+            self.status(i)
+                .store(libc::TP_STATUS_KERNEL, Ordering::Release);
         }
     }
 
@@ -159,7 +170,7 @@ impl RxRing {
         while n < BATCH {
             // Acquire: the kernel wrote the frame before it set the status.
             let status = self.status(head).load(Ordering::Acquire);
-            if status & TP_STATUS_USER == 0 {
+            if status & libc::TP_STATUS_USER == 0 {
                 break;
             }
             let f = self.frame(head);
@@ -171,15 +182,8 @@ impl RxRing {
             let frame = RingFrame {
                 snaplen,
                 len: h.tp_len as usize,
-                copied: status & TP_STATUS_COPY != 0,
-                vlan: (status & TP_STATUS_VLAN_VALID != 0).then(|| {
-                    let tpid = if status & TP_STATUS_VLAN_TPID_VALID != 0 {
-                        h.tp_vlan_tpid
-                    } else {
-                        0x8100
-                    };
-                    (tpid, h.tp_vlan_tci)
-                }),
+                copied: status & libc::TP_STATUS_COPY != 0,
+                vlan: stripped_tag(status, h.tp_vlan_tpid, h.tp_vlan_tci),
             };
             let start = mac.saturating_sub(VNET_HDR_LEN);
             let room = start.saturating_sub(libc::TPACKET2_HDRLEN);
