@@ -309,25 +309,14 @@ class Topology:
                 if pid:
                     self._stop(pid)
         for hv, t in self.ovs_dirs:
-            sh(f"ovs-vsctl --db=unix:{t}/db.sock --timeout=5 -- --if-exists del-br br-int -- --if-exists del-br br-phy", check=False)
-            for name in ("ovs-vswitchd", "ovsdb-server"):
-                try:
-                    self._stop(int(open(f"{t}/{name}.pid").read()))
-                except (OSError, ValueError):
-                    pass
+            self._stop_ovs(t, ["br-int", "br-phy"])
         if self.kind.startswith("vxlan"):
             sh(f"ip netns del {HV1}", check=False)
             sh(f"ip netns del {HV2}", check=False)
         for link in self.links:
             sh(f"ip link del {link}", check=False)
         if self.kind.startswith("ovs"):
-            # OVS makes its netdev bridges' TAPs persistent: remove the bridge first.
-            sh(f"ovs-vsctl --db=unix:{self.tmp}/db.sock --timeout=5 --if-exists del-br {self.ovs_br}", check=False)
-            for name in ("ovs-vswitchd", "ovsdb-server"):
-                try:
-                    self._stop(int(open(f"{self.tmp}/{name}.pid").read()))
-                except (OSError, ValueError):
-                    pass
+            self._stop_ovs(self.tmp, [self.ovs_br])
         if self.kind == "bridge":
             sh(f"ip link del {self.br}", check=False)
         if self.kind.startswith("ovs"):
@@ -338,6 +327,17 @@ class Topology:
         sh(f"ip link del {VB}", check=False)
         shutil.rmtree(self.tmp, ignore_errors=True)
         time.sleep(0.3)
+
+    def _stop_ovs(self, rundir, bridges):
+        """Stops the Open vSwitch started in `rundir`. It makes its netdev bridges' TAPs
+        persistent, so the bridges go first."""
+        dels = " ".join(f"-- --if-exists del-br {b}" for b in bridges)
+        sh(f"ovs-vsctl --db=unix:{rundir}/db.sock --timeout=5 {dels}", check=False)
+        for name in ("ovs-vswitchd", "ovsdb-server"):
+            try:
+                self._stop(int(open(f"{rundir}/{name}.pid").read()))
+            except (OSError, ValueError):
+                pass
 
     @staticmethod
     def _stop(pid):
