@@ -236,6 +236,15 @@ impl Daemon {
 
     /// A daemon running inside `ns`, as one hypervisor among several: its devices
     /// and tunnel sockets live there. vsctl still reaches it through its socket file.
+    /// A daemon with one bridge of a unique name (its internal port is a real TAP);
+    /// returns both.
+    pub fn with_bridge() -> (Daemon, String) {
+        let d = Daemon::start();
+        let br = uniq("br");
+        d.vsctl_ok(&["add-br", &br]);
+        (d, br)
+    }
+
     pub fn start_in(ns: &Netns) -> Daemon {
         Daemon::start_opt(Some(ns.name.clone()))
     }

@@ -9,9 +9,7 @@ use serde_json::Value;
 use vswitch_tests::*;
 
 fn setup() -> (Daemon, String, Host, Host) {
-    let d = Daemon::start();
-    let br = uniq("br");
-    d.vsctl_ok(&["add-br", &br]);
+    let (d, br) = Daemon::with_bridge();
     let a = Host::new("fa", "10.0.12.1/24");
     let b = Host::new("fb", "10.0.12.2/24");
     d.vsctl_ok(&["add-port", &br, &a.port, "--", "add-port", &br, &b.port]);
@@ -290,9 +288,7 @@ fn idle_and_hard_timeouts_remove_flows() {
 
 #[test]
 fn trace_narrates_tables_normal_and_vlans() {
-    let d = Daemon::start();
-    let br = uniq("br");
-    d.vsctl_ok(&["add-br", &br]);
+    let (d, br) = Daemon::with_bridge();
     let a = Host::new("xa", "10.0.13.1/24");
     let b = Host::new("xb", "10.0.13.2/24");
     let c = Host::new("xc", "10.0.13.3/24");
@@ -535,9 +531,7 @@ fn learn_builds_a_mac_learning_switch_from_flows() {
 /// mod-flows and del-flows; a second, unmasked `cookie=` in mod-flows sets it.
 #[test]
 fn cookies_select_flows() {
-    let d = Daemon::start();
-    let br = uniq("br");
-    d.vsctl_ok(&["add-br", &br]);
+    let (d, br) = Daemon::with_bridge();
     d.vsctl_ok(&["add-flow", &br, "cookie=0x10,priority=10,ip,actions=NORMAL"]);
     d.vsctl_ok(&[
         "add-flow",

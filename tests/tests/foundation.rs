@@ -13,9 +13,7 @@ use vswitch_tests::*;
 /// A daemon with a bridge (unique name: its internal port is a real TAP) and `n`
 /// hosts 10.0.0.1.. on it.
 fn switch_with_hosts(n: usize) -> (Daemon, String, Vec<Host>) {
-    let d = Daemon::start();
-    let br = uniq("br");
-    d.vsctl_ok(&["add-br", &br]);
+    let (d, br) = Daemon::with_bridge();
     let hosts: Vec<Host> = (0..n)
         .map(|i| Host::new(&format!("h{i}"), &format!("10.0.0.{}/24", i + 1)))
         .collect();
@@ -333,9 +331,7 @@ fn restart_after_sigkill_restores_bridges_and_forwarding() {
 
 #[test]
 fn missing_device_is_reported_then_attached_when_it_appears() {
-    let d = Daemon::start();
-    let br = uniq("br");
-    d.vsctl_ok(&["add-br", &br]);
+    let (d, br) = Daemon::with_bridge();
     let a = Host::new("ma", "10.0.2.1/24");
     d.vsctl_ok(&["add-port", &br, &a.port]);
     let late_name = uniq("late");
@@ -458,9 +454,7 @@ fn raw_request(d: &Daemon, line: &[u8]) -> Value {
 
 #[test]
 fn malformed_control_requests_get_errors_and_daemon_keeps_serving() {
-    let d = Daemon::start();
-    let br = uniq("br");
-    d.vsctl_ok(&["add-br", &br]);
+    let (d, br) = Daemon::with_bridge();
     let v = raw_request(&d, b"{ this is not json\n");
     assert_eq!(v["error"]["code"], -32700);
     let v = raw_request(&d, b"{\"jsonrpc\":\"2.0\",\"id\":7,\"method\":\"fly\"}\n");

@@ -97,9 +97,7 @@ fn a_guest_on_an_access_port_reaches_only_its_vlan() {
 /// answering as `ovs-vsctl`.
 #[test]
 fn qemu_ifup_scripts_and_libvirt_calls_work_through_ovs_vsctl() {
-    let d = Daemon::start();
-    let br = uniq("br");
-    d.vsctl_ok(&["add-br", &br]);
+    let (d, br) = Daemon::with_bridge();
     let h = Host::new("gi", "10.0.63.1/24");
     d.vsctl_ok(&["add-port", &br, &h.port]);
     // `ovs-vsctl` on the PATH is vsctl.

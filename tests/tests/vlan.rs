@@ -7,9 +7,7 @@ use vswitch_tests::*;
 
 #[test]
 fn tagged_frames_cross_a_default_port_with_tag_and_pcp_intact() {
-    let d = Daemon::start();
-    let br = uniq("br");
-    d.vsctl_ok(&["add-br", &br]);
+    let (d, br) = Daemon::with_bridge();
     let a = Host::new("va", "10.0.7.1/24");
     let b = Host::new("vb", "10.0.7.2/24");
     d.vsctl_ok(&["add-port", &br, &a.port, "--", "add-port", &br, &b.port]);
@@ -50,9 +48,7 @@ struct Rig {
 }
 
 fn rig() -> Rig {
-    let d = Daemon::start();
-    let br = uniq("br");
-    d.vsctl_ok(&["add-br", &br]);
+    let (d, br) = Daemon::with_bridge();
     Rig { d, br }
 }
 
