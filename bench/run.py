@@ -44,7 +44,9 @@ KINDS = ["vswitchd", "ovs", "ovs-tso", "bridge", "veth"]
 # Extra cases, by --kinds: two bridges joined by a veth, untagged and as
 # access→trunk→access (VLAN 10), to compare tagged with untagged forwarding; and
 # one bridge with 10 000 installed flows, to compare with `vswitchd`.
-EXTRA_KINDS = ["vswitchd-2br", "vswitchd-vlan", "vswitchd-10k"]
+EXTRA_KINDS = ["vswitchd-2br", "vswitchd-vlan", "vswitchd-10k", "nullfwd"]
+# `nullfwd`: bench/src/bin/nullfwd.rs — vswitchd's device code (rings, sendmmsg) with
+# no switching at all: the most any switch built on these sockets reaches here.
 # `vswitchd-base`: the same case as `vswitchd` run from the binaries in --base-bin (an
 # earlier build), alternating with the current one: before/after for a datapath change.
 BASE_BIN = None
@@ -227,6 +229,13 @@ class Topology:
     def up_vswitchd(self, bin_dir=None):
         v = self._start_vswitchd(bin_dir)
         sh(f"{v} add-br vsbr{PID % 100000} -- add-port vsbr{PID % 100000} {VA} -- add-port vsbr{PID % 100000} {VB}")
+
+    def up_nullfwd(self):
+        p = subprocess.Popen([f"{BIN}/nullfwd", VA, VB], text=True, stdout=subprocess.PIPE)
+        self.procs.append(p)
+        if "ready" not in p.stdout.readline():
+            raise RuntimeError("nullfwd did not start")
+        self.pid = p.pid
 
     def _two_bridges(self, vlan):
         """A → br0 → veth → br1 → B: with `vlan`, A and B are access ports in VLAN 10
