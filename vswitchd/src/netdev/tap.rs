@@ -10,7 +10,10 @@
 //! it, so a crash never leaves devices behind. It is brought up on creation (tun-rs's
 //! default; Open vSwitch leaves internal ports down), so an address is all the host
 //! needs to use it. A TAP has no batch read, so a batch
-//! is a loop of non-blocking reads until the queue is empty.
+//! is a loop of non-blocking reads until the queue is empty. Not io_uring: it would
+//! make the batch one system call, but its cost per request is more than a whole
+//! `read` here (measured on an empty queue: 0.3 µs per `RWF_NOWAIT` read submitted 32
+//! at a time, 0.2 µs per plain `read`; docs/benchmarks.md).
 
 use std::io;
 use std::os::fd::{AsRawFd, RawFd};
