@@ -490,7 +490,8 @@ def median(runs, kind, key):
 
 def table(runs, kinds):
     base = "vswitchd" if "vswitchd" in kinds else kinds[0]
-    others = [k for k in ("vswitchd-base", "ovs", "ovs-tso", "bridge", "vswitchd-2br", "vxlan-kernel", "vxlan-ovs")
+    others = [k for k in ("vswitchd-base", "nullfwd", "ovs", "ovs-tso", "bridge", "vswitchd-2br", "vxlan-kernel",
+                          "vxlan-ovs")
               if k in kinds and k != base]
     cols = kinds + [f"{base}/{o}" for o in others]
     lines = ["| metric | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
@@ -509,9 +510,25 @@ def table(runs, kinds):
             elif b == 0:
                 cells.append("∞ (other fails)" if a else "—")
             else:
-                cells.append(f"{a / b:.2f}×")
+                paired = paired_ratio(runs, base, other, key)
+                cells.append(f"{a / b:.2f}×" + (f" ({paired:.2f}×)" if paired is not None else ""))
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append("Ratios are of the medians; in parentheses, the median of the per-round ratios (each round "
+                 "runs every switch once, back to back, so a round's switches share the machine's state).")
     return "\n".join(lines)
+
+
+def paired_ratio(runs, a_kind, b_kind, key):
+    """Median over rounds of a/b within the round: the machine's drift from one round
+    to the next cancels out. Drift within a round does not, so it can disagree with the
+    ratio of the medians; the table prints both."""
+    by_rep = {}
+    for r in runs:
+        if r.get(key) is not None:
+            by_rep.setdefault(r["rep"], {})[r["kind"]] = r[key]
+    ratios = [k[a_kind] / k[b_kind] for k in by_rep.values() if k.get(a_kind) and k.get(b_kind)]
+    return statistics.median(ratios) if ratios else None
 
 
 def main():
@@ -528,7 +545,16 @@ def main():
     ap.add_argument("--profile", default=None,
                     help="perf record -g the vswitchd case's throughput tests into FILE.udp, FILE.tcp, FILE.tcp-off, FILE.udp-off")
     ap.add_argument("--results", default=os.path.join(ROOT, "bench", "results.jsonl"))
+    ap.add_argument("--show", metavar="TIME",
+                    help="print the table of an earlier run from --results (its \"time\" stamp) and exit")
     args = ap.parse_args()
+    if args.show:
+        with open(args.results) as f:
+            runs = [r for r in map(json.loads, f) if r.get("time") == args.show]
+        if not runs:
+            sys.exit(f"run.py: no run stamped {args.show} in {args.results}")
+        print(table(runs, list(dict.fromkeys(r["kind"] for r in runs))))
+        return
     global BUSY_POLL_US, BASE_BIN, PROFILE
     BASE_BIN = args.base_bin
     PROFILE = args.profile
