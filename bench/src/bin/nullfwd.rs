@@ -43,8 +43,8 @@ fn main() {
             if !ports[from].rx_ready() {
                 continue;
             }
-            // Oversized frames (super-frames) arrive outside the ring, so read even
-            // when the ring said nothing; here the ring said something.
+            // A frame too big for a ring frame (a super-frame) still marks its ring
+            // frame (TP_STATUS_COPY), so the status word speaks for every frame.
             let n = ports[from].recv(&mut rx).unwrap_or(0);
             if n == 0 {
                 continue;
