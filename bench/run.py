@@ -398,10 +398,12 @@ class Topology:
         return {"udp_pps": pps, "udp_offered_pps": gen["sent"] / gen["secs"], "cpu_s_per_mpkt": per_m}
 
     def _perf(self, phase):
-        """With --profile, starts `perf record -g` of the vswitchd case into PROFILE.phase."""
-        if not (PROFILE and self.kind == "vswitchd"):
+        """With --profile, starts `perf record -g` of the vswitchd case (or of both
+        hypervisors' daemons in vxlan-vswitchd) into PROFILE.phase."""
+        if not (PROFILE and self.kind in ("vswitchd", "vxlan-vswitchd")):
             return None
-        return subprocess.Popen(["perf", "record", "-g", "-q", "-p", str(self.pid), "-o", f"{PROFILE}.{phase}"],
+        pids = ",".join(str(p) for p in [self.pid] + self.more_pids)
+        return subprocess.Popen(["perf", "record", "-g", "-q", "-p", pids, "-o", f"{PROFILE}.{phase}"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     @staticmethod
@@ -543,7 +545,8 @@ def main():
     ap.add_argument("--base-bin", default=None,
                     help="directory with an earlier build's vswitchd and vsctl, for the vswitchd-base kind")
     ap.add_argument("--profile", default=None,
-                    help="perf record -g the vswitchd case's throughput tests into FILE.udp, FILE.tcp, FILE.tcp-off, FILE.udp-off")
+                    help="perf record -g the vswitchd (and vxlan-vswitchd) case's throughput tests into "
+                         "FILE.udp, FILE.tcp, FILE.tcp-off, FILE.udp-off")
     ap.add_argument("--results", default=os.path.join(ROOT, "bench", "results.jsonl"))
     ap.add_argument("--show", metavar="TIME",
                     help="print the table of an earlier run from --results (its \"time\" stamp) and exit")
