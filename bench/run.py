@@ -60,6 +60,16 @@ HV1, HV2 = f"vsb-h1-{PID}", f"vsb-h2-{PID}"
 UL1, UL2 = "192.168.199.1", "192.168.199.2"
 # vswitchd --busy-poll-us for the runs (None: the daemon's default); see --busy-poll-us.
 BUSY_POLL_US = None
+# --pin: the traffic's ends (generator, sinks, iperf3, ping-pong) on CPU 0 and every
+# thread of the switch under test on CPU 1 — a dedicated datapath core, as Open vSwitch
+# is deployed with pmd-cpu-mask. The kernel paths (bridge, veth) have no process to
+# pin: all of their work runs on CPU 0 with the traffic.
+PIN = False
+
+
+def tool(cmd):
+    """A traffic tool's command line, on CPU 0 with --pin."""
+    return f"taskset -c 0 {cmd}" if PIN else cmd
 
 
 def sh(cmd, check=True, capture=True):
@@ -289,6 +299,8 @@ class Topology:
         sh(f"{vs} --no-wait init")
         if tso:
             sh(f"{vs} --no-wait set Open_vSwitch . other_config:userspace-tso-enable=true")
+        if PIN:
+            sh(f"{vs} --no-wait set Open_vSwitch . other_config:pmd-cpu-mask=0x2")
         sh(f"{env} ovs-vswitchd unix:{t}/db.sock --pidfile={t}/ovs-vswitchd.pid --log-file={t}/ovs-vswitchd.log --detach")
         self.pid = int(open(f"{t}/ovs-vswitchd.pid").read())
         br = self.ovs_br = f"ovsbr{PID % 100000}"
@@ -383,11 +395,11 @@ class Topology:
         return p
 
     def udp_pps(self, secs, phase="udp"):
-        sink = self._start(NS_B, f"{BIN}/udpsink --bind {IP_B}:9000 --idle 1 --max {secs + 5}")
+        sink = self._start(NS_B, tool(f"{BIN}/udpsink --bind {IP_B}:9000 --idle 1 --max {secs + 5}"))
         pids = [p for p in [self.pid] + self.more_pids if p]
         perf = self._perf(phase)
         j0 = sum(jiffies_of(p) for p in pids)
-        gen = json.loads(ns(NS_A, f"{BIN}/udpgen --dst {IP_B}:9000 --secs {secs}"))
+        gen = json.loads(ns(NS_A, tool(f"{BIN}/udpgen --dst {IP_B}:9000 --secs {secs}")))
         j1 = sum(jiffies_of(p) for p in pids)
         self._perf_stop(perf)
         out, _ = sink.communicate(timeout=secs + 30)
@@ -416,11 +428,12 @@ class Topology:
         # -1 -D: one test then exit; the pidfile lets teardown end it when the
         # client never got through (Open vSwitch with default offloads).
         pidfile = os.path.join(self.tmp, f"iperf3-{len(self.iperf_pids)}.pid")
-        ns(NS_B, f"iperf3 -s -1 -D -p 5299 -I {pidfile}")
+        ns(NS_B, tool(f"iperf3 -s -1 -D -p 5299 -I {pidfile}"))
         self.iperf_pids.append(pidfile)
         time.sleep(0.3)
         perf = self._perf(phase)
-        r = subprocess.run(f"ip netns exec {NS_A} timeout {secs + 30} iperf3 -c {IP_B} -p 5299 -t {secs} -J --connect-timeout 3000",
+        r = subprocess.run(f"ip netns exec {NS_A} timeout {secs + 30} "
+                           + tool(f"iperf3 -c {IP_B} -p 5299 -t {secs} -J --connect-timeout 3000"),
                            shell=True, text=True, capture_output=True)
         self._perf_stop(perf)
         try:
@@ -430,8 +443,8 @@ class Topology:
             return 0.0  # no TCP got through (Open vSwitch with default offloads)
 
     def latency(self, count):
-        srv = self._start(NS_B, f"{BIN}/pingpong --serve {IP_B}:9001 --max 120")
-        r = json.loads(ns(NS_A, f"{BIN}/pingpong --to {IP_B}:9001 --count {count}"))
+        srv = self._start(NS_B, tool(f"{BIN}/pingpong --serve {IP_B}:9001 --max 120"))
+        r = json.loads(ns(NS_A, tool(f"{BIN}/pingpong --to {IP_B}:9001 --count {count}")))
         # Through a switch that drops UDP the server never sees "quit".
         srv.kill()
         srv.wait()
@@ -444,7 +457,11 @@ def run_one(kind, args):
     c0 = cpu_sample()
     try:
         t.up()
-        res = {"kind": kind, "noisy": noise > 0.10, "idle_busy": round(noise, 3)}
+        if PIN:
+            for pid in [t.pid] + t.more_pids:
+                if pid:
+                    sh(f"taskset -a -p -c 1 {pid}")
+        res = {"kind": kind, "noisy": noise > 0.10, "idle_busy": round(noise, 3), "pinned": PIN}
         if t.pid:
             time.sleep(0.5)
             res["rss_idle_kib"] = sum(rss_kib(p) for p in [t.pid] + t.more_pids)
@@ -548,6 +565,8 @@ def main():
                     help="perf record -g the vswitchd (and vxlan-vswitchd) case's throughput tests into "
                          "FILE.udp, FILE.tcp, FILE.tcp-off, FILE.udp-off")
     ap.add_argument("--results", default=os.path.join(ROOT, "bench", "results.jsonl"))
+    ap.add_argument("--pin", action="store_true",
+                    help="traffic ends on CPU 0, the switch's threads on CPU 1 (a dedicated datapath core)")
     ap.add_argument("--show", metavar="TIME",
                     help="print the table of an earlier run from --results (its \"time\" stamp) and exit")
     args = ap.parse_args()
@@ -558,8 +577,9 @@ def main():
             sys.exit(f"run.py: no run stamped {args.show} in {args.results}")
         print(table(runs, list(dict.fromkeys(r["kind"] for r in runs))))
         return
-    global BUSY_POLL_US, BASE_BIN, PROFILE
+    global BUSY_POLL_US, BASE_BIN, PROFILE, PIN
     BASE_BIN = args.base_bin
+    PIN = args.pin
     PROFILE = args.profile
     if args.busy_poll_us is not None:
         BUSY_POLL_US = args.busy_poll_us
@@ -596,6 +616,7 @@ def main():
     steal = statistics.median([r.get("steal", 0) for r in runs]) if runs else 0
     print(f"\n{stamp} — {machine}; medians of {args.reps} alternating runs, {args.secs:g} s each; "
           f"median hypervisor steal {steal:.0%}"
+          + ("; pinned: traffic on CPU 0, the switch on CPU 1" if PIN else "")
           + (f"; {noisy} of {len(runs)} run(s) noisy (busy before, or steal > 5%), see {args.results}" if noisy else ""))
     print(table(runs, kinds))
 
