@@ -65,6 +65,9 @@ BUSY_POLL_US = None
 # is deployed with pmd-cpu-mask. The kernel paths (bridge, veth) have no process to
 # pin: all of their work runs on CPU 0 with the traffic.
 PIN = False
+# --raw-gen: udpgen sends whole frames on an AF_PACKET socket (no sending UDP/IP stack),
+# so the generator offers more from one core; with --pin, to find a switch's ceiling.
+RAW_GEN = False
 
 
 def tool(cmd):
@@ -399,7 +402,11 @@ class Topology:
         pids = [p for p in [self.pid] + self.more_pids if p]
         perf = self._perf(phase)
         j0 = sum(jiffies_of(p) for p in pids)
-        gen = json.loads(ns(NS_A, tool(f"{BIN}/udpgen --dst {IP_B}:9000 --secs {secs}")))
+        raw = ""
+        if RAW_GEN:
+            mac = ns(NS_B, "cat /sys/class/net/eth0/address").strip()
+            raw = f" --raw eth0 --src {IP_A} --dst-mac {mac}"
+        gen = json.loads(ns(NS_A, tool(f"{BIN}/udpgen --dst {IP_B}:9000 --secs {secs}{raw}")))
         j1 = sum(jiffies_of(p) for p in pids)
         self._perf_stop(perf)
         out, _ = sink.communicate(timeout=secs + 30)
@@ -461,7 +468,8 @@ def run_one(kind, args):
             for pid in [t.pid] + t.more_pids:
                 if pid:
                     sh(f"taskset -a -p -c 1 {pid}")
-        res = {"kind": kind, "noisy": noise > 0.10, "idle_busy": round(noise, 3), "pinned": PIN}
+        res = {"kind": kind, "noisy": noise > 0.10, "idle_busy": round(noise, 3), "pinned": PIN,
+               "raw_gen": RAW_GEN}
         if t.pid:
             time.sleep(0.5)
             res["rss_idle_kib"] = sum(rss_kib(p) for p in [t.pid] + t.more_pids)
@@ -567,6 +575,8 @@ def main():
     ap.add_argument("--results", default=os.path.join(ROOT, "bench", "results.jsonl"))
     ap.add_argument("--pin", action="store_true",
                     help="traffic ends on CPU 0, the switch's threads on CPU 1 (a dedicated datapath core)")
+    ap.add_argument("--raw-gen", action="store_true",
+                    help="64 B UDP from an AF_PACKET generator (no sending UDP/IP stack): offers more per core")
     ap.add_argument("--show", metavar="TIME",
                     help="print the table of an earlier run from --results (its \"time\" stamp) and exit")
     args = ap.parse_args()
@@ -577,9 +587,10 @@ def main():
             sys.exit(f"run.py: no run stamped {args.show} in {args.results}")
         print(table(runs, list(dict.fromkeys(r["kind"] for r in runs))))
         return
-    global BUSY_POLL_US, BASE_BIN, PROFILE, PIN
+    global BUSY_POLL_US, BASE_BIN, PROFILE, PIN, RAW_GEN
     BASE_BIN = args.base_bin
     PIN = args.pin
+    RAW_GEN = args.raw_gen
     PROFILE = args.profile
     if args.busy_poll_us is not None:
         BUSY_POLL_US = args.busy_poll_us
@@ -623,6 +634,7 @@ def main():
     print(f"\n{stamp} — {machine}; medians of {args.reps} alternating runs, {args.secs:g} s each; "
           f"median hypervisor steal {steal:.0%}"
           + ("; pinned: traffic on CPU 0, the switch on CPU 1" if PIN else "")
+          + ("; AF_PACKET generator" if RAW_GEN else "")
           + (f"; {noisy} of {len(runs)} run(s) noisy (busy before, or steal > 5%), see {args.results}" if noisy else ""))
     print(table(runs, kinds))
 

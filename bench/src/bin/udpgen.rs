@@ -3,11 +3,18 @@
 //!
 //! `--size` is the Ethernet frame size without FCS (default 60, i.e. a 64-byte frame
 //! on the wire): UDP payload = size - 14 - 20 - 8.
+//!
+//! `--raw IFACE --src IP --dst-mac MAC` sends the same datagrams as whole Ethernet
+//! frames on an AF_PACKET socket instead (UDP checksum 0, as IPv4 allows): no UDP/IP
+//! stack on the sending side, so one core offers far more — for measuring a switch
+//! that has a core of its own (`bench/run.py --pin --raw-gen`).
 
-use std::net::UdpSocket;
-use std::os::fd::AsRawFd;
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
+use ofproto::checksum::checksum;
+use ofproto::MacAddr;
 use vswitch_bench::{arg, req};
 
 const BATCH: usize = 64;
@@ -17,10 +24,30 @@ fn main() {
     let dst = req(&args, "--dst");
     let secs: f64 = arg(&args, "--secs", 5.0);
     let size: usize = arg(&args, "--size", 60);
-    let payload = vec![0x5au8; size.saturating_sub(42).max(1)];
-    let sock = UdpSocket::bind("0.0.0.0:0").expect("bind");
-    sock.connect(&dst).expect("connect");
-    let fd = sock.as_raw_fd();
+    let payload_len = size.saturating_sub(42).max(1);
+    let udp;
+    let raw;
+    let (fd, payload): (RawFd, Vec<u8>) = match args.iter().position(|a| a == "--raw") {
+        Some(_) => {
+            let iface = req(&args, "--raw");
+            let dst: SocketAddrV4 = dst.parse().expect("--dst IPV4:PORT");
+            let src: Ipv4Addr = req(&args, "--src").parse().expect("--src IPV4");
+            let mac = |s: &str| -> [u8; 6] { s.trim().parse::<MacAddr>().expect("MAC address").0 };
+            let dst_mac = mac(&req(&args, "--dst-mac"));
+            let src_mac = mac(
+                &std::fs::read_to_string(format!("/sys/class/net/{iface}/address"))
+                    .expect("interface address"),
+            );
+            raw = packet_socket(&iface);
+            let frame = frame(src_mac, dst_mac, src, dst, payload_len);
+            (raw.as_raw_fd(), frame)
+        }
+        None => {
+            udp = UdpSocket::bind("0.0.0.0:0").expect("bind");
+            udp.connect(&dst).expect("connect");
+            (udp.as_raw_fd(), vec![0x5au8; payload_len])
+        }
+    };
     let mut iov = [libc::iovec {
         iov_base: payload.as_ptr() as *mut libc::c_void,
         iov_len: payload.len(),
@@ -45,4 +72,76 @@ fn main() {
         "{{\"sent\": {sent}, \"secs\": {:.3}}}",
         start.elapsed().as_secs_f64()
     );
+}
+
+/// Ethernet + IPv4 (don't-fragment, TTL 64) + UDP (source port 9999, checksum 0).
+fn frame(
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: Ipv4Addr,
+    dst: SocketAddrV4,
+    payload: usize,
+) -> Vec<u8> {
+    let mut f = Vec::with_capacity(42 + payload);
+    f.extend_from_slice(&dst_mac);
+    f.extend_from_slice(&src_mac);
+    f.extend_from_slice(&0x0800u16.to_be_bytes());
+    let total = (20 + 8 + payload) as u16;
+    let mut ip = [0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&total.to_be_bytes());
+    ip[6] = 0x40;
+    ip[8] = 64;
+    ip[9] = 17;
+    ip[12..16].copy_from_slice(&src.octets());
+    ip[16..20].copy_from_slice(&dst.ip().octets());
+    let sum = checksum(&ip);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&9999u16.to_be_bytes());
+    f.extend_from_slice(&dst.port().to_be_bytes());
+    f.extend_from_slice(&((8 + payload) as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    f.resize(42 + payload, 0x5a);
+    f
+}
+
+/// An AF_PACKET socket that only sends (protocol 0: it receives nothing), on `iface`,
+/// past the queueing discipline.
+fn packet_socket(iface: &str) -> OwnedFd {
+    let name = std::ffi::CString::new(iface).unwrap();
+    // SAFETY: plain libc calls with valid arguments; results are checked.
+    unsafe {
+        let ifindex = libc::if_nametoindex(name.as_ptr());
+        assert!(ifindex != 0, "no interface {iface}");
+        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0);
+        assert!(
+            fd >= 0,
+            "AF_PACKET socket: {}",
+            std::io::Error::last_os_error()
+        );
+        let fd = OwnedFd::from_raw_fd(fd);
+        let one: libc::c_int = 1;
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_PACKET,
+            libc::PACKET_QDISC_BYPASS,
+            &one as *const _ as *const libc::c_void,
+            4,
+        );
+        let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_ifindex = ifindex as i32;
+        let r = libc::bind(
+            fd.as_raw_fd(),
+            &sll as *const _ as *const libc::sockaddr,
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        );
+        assert!(
+            r == 0,
+            "bind to {iface}: {}",
+            std::io::Error::last_os_error()
+        );
+        fd
+    }
 }
