@@ -10,7 +10,7 @@
 //! that has a core of its own (`bench/run.py --pin --raw-gen`).
 
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use ofproto::checksum::checksum;
@@ -25,9 +25,8 @@ fn main() {
     let secs: f64 = arg(&args, "--secs", 5.0);
     let size: usize = arg(&args, "--size", 60);
     let payload_len = size.saturating_sub(42).max(1);
-    let udp;
-    let raw;
-    let (fd, payload): (RawFd, Vec<u8>) = match args.iter().position(|a| a == "--raw") {
+    // One descriptor either way: the UDP socket, or a packet socket for whole frames.
+    let (sock, payload): (OwnedFd, Vec<u8>) = match args.iter().position(|a| a == "--raw") {
         Some(_) => {
             let iface = req(&args, "--raw");
             let dst: SocketAddrV4 = dst.parse().expect("--dst IPV4:PORT");
@@ -38,16 +37,16 @@ fn main() {
                 &std::fs::read_to_string(format!("/sys/class/net/{iface}/address"))
                     .expect("interface address"),
             );
-            raw = packet_socket(&iface);
             let frame = frame(src_mac, dst_mac, src, dst, payload_len);
-            (raw.as_raw_fd(), frame)
+            (packet_socket(&iface), frame)
         }
         None => {
-            udp = UdpSocket::bind("0.0.0.0:0").expect("bind");
+            let udp = UdpSocket::bind("0.0.0.0:0").expect("bind");
             udp.connect(&dst).expect("connect");
-            (udp.as_raw_fd(), vec![0x5au8; payload_len])
+            (OwnedFd::from(udp), vec![0x5au8; payload_len])
         }
     };
+    let fd = sock.as_raw_fd();
     let mut iov = [libc::iovec {
         iov_base: payload.as_ptr() as *mut libc::c_void,
         iov_len: payload.len(),
