@@ -10,7 +10,7 @@
 //! that has a core of its own (`bench/run.py --pin --raw-gen`).
 
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use ofproto::checksum::checksum;
@@ -38,7 +38,10 @@ fn main() {
                     .expect("interface address"),
             );
             let frame = frame(src_mac, dst_mac, src, dst, payload_len);
-            (packet_socket(&iface), frame)
+            let ifindex = vswitchd::netdev::sys::ifindex(&iface).expect("interface");
+            // The switch's own transmit-only packet socket.
+            let sock = vswitchd::netdev::afpacket::tx_socket(ifindex).expect("packet socket");
+            (sock, frame)
         }
         None => {
             let udp = UdpSocket::bind("0.0.0.0:0").expect("bind");
@@ -103,44 +106,4 @@ fn frame(
     f.extend_from_slice(&[0, 0]);
     f.resize(42 + payload, 0x5a);
     f
-}
-
-/// An AF_PACKET socket that only sends (protocol 0: it receives nothing), on `iface`,
-/// past the queueing discipline.
-fn packet_socket(iface: &str) -> OwnedFd {
-    let name = std::ffi::CString::new(iface).unwrap();
-    // SAFETY: plain libc calls with valid arguments; results are checked.
-    unsafe {
-        let ifindex = libc::if_nametoindex(name.as_ptr());
-        assert!(ifindex != 0, "no interface {iface}");
-        let fd = libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0);
-        assert!(
-            fd >= 0,
-            "AF_PACKET socket: {}",
-            std::io::Error::last_os_error()
-        );
-        let fd = OwnedFd::from_raw_fd(fd);
-        let one: libc::c_int = 1;
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_PACKET,
-            libc::PACKET_QDISC_BYPASS,
-            &one as *const _ as *const libc::c_void,
-            4,
-        );
-        let mut sll: libc::sockaddr_ll = std::mem::zeroed();
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_ifindex = ifindex as i32;
-        let r = libc::bind(
-            fd.as_raw_fd(),
-            &sll as *const _ as *const libc::sockaddr,
-            std::mem::size_of::<libc::sockaddr_ll>() as u32,
-        );
-        assert!(
-            r == 0,
-            "bind to {iface}: {}",
-            std::io::Error::last_os_error()
-        );
-        fd
-    }
 }

@@ -67,6 +67,16 @@ fn packet_socket() -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// A packet socket that only transmits, on interface `ifindex` (bound with protocol 0,
+/// so it receives nothing), with a large send buffer. Non-blocking: a full buffer is
+/// `EAGAIN`, counted as a drop. Also the benchmark's raw frame generator's socket.
+pub fn tx_socket(ifindex: u32) -> io::Result<OwnedFd> {
+    let tx = packet_socket()?;
+    sys::big_buffers(tx.as_raw_fd(), &[(libc::SO_SNDBUFFORCE, libc::SO_SNDBUF)]);
+    bind(tx.as_raw_fd(), ifindex, 0)?;
+    Ok(tx)
+}
+
 fn bind(fd: RawFd, ifindex: u32, protocol: u16) -> io::Result<()> {
     // SAFETY: sockaddr_ll is plain old data.
     let mut sll: libc::sockaddr_ll = unsafe { mem::zeroed() };
@@ -184,7 +194,7 @@ impl PacketSocket {
         mr.mr_type = libc::PACKET_MR_PROMISC as u16;
         setsockopt(fd, libc::SOL_PACKET, libc::PACKET_ADD_MEMBERSHIP, &mr)
             .map_err(|e| cfg_err("promiscuous mode", e))?;
-        let tx = packet_socket().map_err(open_err)?;
+        let tx = tx_socket(ifindex).map_err(open_err)?;
         if offload {
             setsockopt(
                 tx.as_raw_fd(),
@@ -194,9 +204,6 @@ impl PacketSocket {
             )
             .map_err(|e| cfg_err("PACKET_VNET_HDR", e))?;
         }
-        sys::big_buffers(tx.as_raw_fd(), &[(libc::SO_SNDBUFFORCE, libc::SO_SNDBUF)]);
-        // Protocol 0: this socket transmits only.
-        bind(tx.as_raw_fd(), ifindex, 0).map_err(open_err)?;
         sys::set_up(name).map_err(|e| cfg_err("bringing it up", e))?;
         Ok(PacketSocket {
             name: name.to_string(),
