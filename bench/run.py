@@ -585,6 +585,7 @@ def main():
             runs = [r for r in map(json.loads, f) if r.get("time") == args.show]
         if not runs:
             sys.exit(f"run.py: no run stamped {args.show} in {args.results}")
+        print(summary(runs, args.results))
         print(table(runs, list(dict.fromkeys(r["kind"] for r in runs))))
         return
     global BUSY_POLL_US, BASE_BIN, PROFILE, PIN, RAW_GEN
@@ -624,19 +625,30 @@ def main():
             except Exception as e:  # one failing switch must not lose the others' runs
                 print(f"  {kind} failed: {e}", file=sys.stderr)
                 continue
-            r.update({"rep": rep, "time": stamp, "machine": machine})
+            r.update({"rep": rep, "time": stamp, "machine": machine, "secs": args.secs})
             runs.append(r)
             print("  " + json.dumps(r), file=sys.stderr, flush=True)
             with open(args.results, "a") as f:
                 f.write(json.dumps(r) + "\n")
-    noisy = sum(1 for r in runs if r["noisy"])
-    steal = statistics.median([r.get("steal", 0) for r in runs]) if runs else 0
-    print(f"\n{stamp} — {machine}; medians of {args.reps} alternating runs, {args.secs:g} s each; "
-          f"median hypervisor steal {steal:.0%}"
-          + ("; pinned: traffic on CPU 0, the switch on CPU 1" if PIN else "")
-          + ("; AF_PACKET generator" if RAW_GEN else "")
-          + (f"; {noisy} of {len(runs)} run(s) noisy (busy before, or steal > 5%), see {args.results}" if noisy else ""))
+    print()
+    print(summary(runs, args.results))
     print(table(runs, kinds))
+
+
+def summary(runs, results):
+    """The line above a table, from the runs themselves (so `--show` prints it too)."""
+    if not runs:
+        return "no runs"
+    r0 = runs[0]
+    noisy = sum(1 for r in runs if r["noisy"])
+    steal = statistics.median([r.get("steal", 0) for r in runs])
+    reps = max(r["rep"] for r in runs) + 1
+    secs = f", {r0['secs']:g} s each" if "secs" in r0 else ""
+    return (f"{r0['time']} — {r0['machine']}; medians of {reps} alternating runs{secs}; "
+            f"median hypervisor steal {steal:.0%}"
+            + ("; pinned: traffic on CPU 0, the switch on CPU 1" if r0.get("pinned") else "")
+            + ("; AF_PACKET generator" if r0.get("raw_gen") else "")
+            + (f"; {noisy} of {len(runs)} run(s) noisy (busy before, or steal > 5%), see {results}" if noisy else ""))
 
 
 if __name__ == "__main__":
