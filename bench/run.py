@@ -56,6 +56,7 @@ PROFILE = None
 # between the hypervisors; inner MTU 1450): our daemon on each hypervisor, the
 # kernel's VXLAN device in a Linux bridge on each, Open vSwitch netdev on each.
 VXLAN_KINDS = ["vxlan-vswitchd", "vxlan-kernel", "vxlan-ovs"]
+# `vxlan-vswitchd-base`: vxlan-vswitchd from the binaries in --base-bin (before/after).
 HV1, HV2 = f"vsb-h1-{PID}", f"vsb-h2-{PID}"
 UL1, UL2 = "192.168.199.1", "192.168.199.2"
 # vswitchd --busy-poll-us for the runs (None: the daemon's default); see --busy-poll-us.
@@ -171,12 +172,13 @@ class Topology:
         for n in (NS_A, NS_B):
             ns(n, "ip link set eth0 mtu 1450")
 
-    def up_vxlan_vswitchd(self):
+    def up_vxlan_vswitchd(self, bin_dir=None):
+        b = bin_dir or BIN
         self._hypervisors()
         for i, (hv, link, remote) in enumerate(((HV1, VA, UL2), (HV2, VB, UL1))):
             d = os.path.join(self.tmp, f"hv{i}")
             os.makedirs(d)
-            ns(hv, f"{BIN}/vswitchd --rundir {d} --db {d}/conf.json --detach --pidfile {d}/pid --log-level warn"
+            ns(hv, f"{b}/vswitchd --rundir {d} --db {d}/conf.json --detach --pidfile {d}/pid --log-level warn"
                    + (f" --busy-poll-us {BUSY_POLL_US}" if BUSY_POLL_US is not None else ""))
             pid = int(open(f"{d}/pid").read())
             if i == 0:
@@ -184,8 +186,13 @@ class Topology:
             else:
                 self.more_pids.append(pid)
             br = f"vsbx{i}"
-            sh(f"{BIN}/vsctl --db=unix:{d}/vswitchd.sock add-br {br} -- add-port {br} {link}"
+            sh(f"{b}/vsctl --db=unix:{d}/vswitchd.sock add-br {br} -- add-port {br} {link}"
                f" -- add-port {br} vx -- set Interface vx type=vxlan options:remote_ip={remote} options:key=5001")
+
+    def up_vxlan_vswitchd_base(self):
+        if not BASE_BIN:
+            raise RuntimeError("vxlan-vswitchd-base needs --base-bin DIR")
+        self.up_vxlan_vswitchd(BASE_BIN)
 
     def up_vxlan_kernel(self):
         self._hypervisors()
@@ -328,7 +335,7 @@ class Topology:
                 p.wait()
         if self.kind.startswith("vswitchd") and self.pid:
             self._stop(self.pid)
-        if self.kind == "vxlan-vswitchd":
+        if self.kind.startswith("vxlan-vswitchd"):
             for pid in [self.pid] + self.more_pids:
                 if pid:
                     self._stop(pid)
@@ -517,8 +524,8 @@ def median(runs, kind, key):
 
 def table(runs, kinds):
     base = "vswitchd" if "vswitchd" in kinds else kinds[0]
-    others = [k for k in ("vswitchd-base", "nullfwd", "ovs", "ovs-tso", "bridge", "vswitchd-2br", "vxlan-kernel",
-                          "vxlan-ovs")
+    others = [k for k in ("vswitchd-base", "nullfwd", "ovs", "ovs-tso", "bridge", "vswitchd-2br",
+                          "vxlan-vswitchd-base", "vxlan-kernel", "vxlan-ovs")
               if k in kinds and k != base]
     cols = kinds + [f"{base}/{o}" for o in others]
     lines = ["| metric | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]

@@ -16,10 +16,13 @@ use std::ops::Range;
 use crate::checksum;
 use crate::vnet_hdr::{VnetHdr, GSO_TCPV4, GSO_TCPV6, GSO_UDP_L4};
 
-const TCP_FIN: u8 = 0x01;
-const TCP_PSH: u8 = 0x08;
-const TCP_CWR: u8 = 0x80;
-const PROTO_TCP: u8 = 6;
+pub(crate) const TCP_FIN: u8 = 0x01;
+pub(crate) const TCP_SYN: u8 = 0x02;
+pub(crate) const TCP_RST: u8 = 0x04;
+pub(crate) const TCP_PSH: u8 = 0x08;
+pub(crate) const TCP_URG: u8 = 0x20;
+pub(crate) const TCP_CWR: u8 = 0x80;
+pub(crate) const PROTO_TCP: u8 = 6;
 const PROTO_UDP: u8 = 17;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]

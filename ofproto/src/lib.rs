@@ -15,6 +15,7 @@ pub mod ethernet;
 pub mod flow;
 pub mod flow_cache;
 pub mod flow_syntax;
+pub mod gro;
 pub mod gso;
 pub mod mac;
 pub mod mac_learning;

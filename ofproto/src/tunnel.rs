@@ -165,15 +165,39 @@ pub fn udp_emit(out: &mut [u8], src_port: u16, dst_port: u16, payload_len: usize
     out[6..8].fill(0);
 }
 
-/// A UDP source port from a hash of the inner frame's addresses and ports (the
-/// first 38 bytes: MACs, type, IPv4 addresses or the start of IPv6 ones, ports of
-/// an option-less IPv4 header), in the dynamic range 49152–65535. Packets of one
-/// inner flow get one port (no reordering); different flows spread over ECMP paths.
+/// A UDP source port from a hash of the inner frame's flow — MACs and EtherType,
+/// then for IPv4 and IPv6 the protocol, the addresses and (TCP, UDP, SCTP without
+/// IPv4 options) the ports — in the dynamic range 49152–65535. Never lengths, IDs,
+/// TTLs or checksums, which change from packet to packet: every packet of one inner
+/// flow gets one port (no reordering across ECMP paths); flows spread over them.
 pub fn entropy_port(inner: &[u8]) -> u16 {
-    let head = &inner[..inner.len().min(38)];
-    let h = head.iter().fold(0x811c_9dc5u32, |h, &b| {
-        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-    });
+    let fnv = |h: u32, bytes: &[u8]| {
+        bytes
+            .iter()
+            .fold(h, |h, &b| (h ^ u32::from(b)).wrapping_mul(0x0100_0193))
+    };
+    let mut h = fnv(0x811c_9dc5, &inner[..inner.len().min(14)]);
+    let ports = |proto: u8, at: usize| matches!(proto, 6 | 17 | 132).then_some(at..at + 4);
+    let rest = match inner.get(12..14) {
+        Some([0x08, 0x00]) if inner.len() >= 34 => {
+            let proto = inner[23];
+            h = fnv(h, &[proto]);
+            h = fnv(h, &inner[26..34]);
+            // Ports only where an option-less header puts them, of a first fragment.
+            let first = inner[20] & 0x1f == 0 && inner[21] == 0;
+            ports(proto, 34).filter(|_| inner[14] == 0x45 && first)
+        }
+        Some([0x86, 0xdd]) if inner.len() >= 54 => {
+            let proto = inner[20];
+            h = fnv(h, &[proto]);
+            h = fnv(h, &inner[22..54]);
+            ports(proto, 54)
+        }
+        _ => None,
+    };
+    if let Some(r) = rest.filter(|r| r.end <= inner.len()) {
+        h = fnv(h, &inner[r]);
+    }
     49152 | ((h ^ (h >> 16)) as u16 & 0x3fff)
 }
 
@@ -328,13 +352,26 @@ mod tests {
 
     #[test]
     fn entropy_ports_are_stable_and_spread() {
-        let a = [1u8; 60];
+        // An option-less IPv4 TCP frame.
+        let mut a = [1u8; 60];
+        a[12..14].copy_from_slice(&[0x08, 0x00]);
+        a[14] = 0x45;
+        a[20..22].fill(0);
+        a[23] = 6;
         let mut b = a;
         b[37] = 2; // another destination port
         assert_eq!(entropy_port(&a), entropy_port(&a));
         assert_ne!(entropy_port(&a), entropy_port(&b));
+        // What changes from packet to packet of one flow does not move it: total
+        // length, ID, TTL, checksum, TCP sequence and flags.
+        let mut c = a;
+        for i in [16, 17, 18, 19, 22, 24, 25, 38, 41, 47] {
+            c[i] ^= 0x5a;
+        }
+        assert_eq!(entropy_port(&a), entropy_port(&c));
         assert!(entropy_port(&a) >= 49152);
         assert!(entropy_port(&[]) >= 49152);
+        assert!(entropy_port(&a[..20]) >= 49152);
     }
 
     #[test]

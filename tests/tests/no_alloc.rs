@@ -5,7 +5,8 @@
 //! in-process over real veths, warms it up, and then checks that forwarding tens of
 //! thousands of frames — TCP super-frames passed through whole, the same frames
 //! segmented in software for a port without offload, UDP, ARP, ICMP — allocated
-//! nothing at all.
+//! nothing at all. The same over VXLAN: super-frames sent as UDP GSO datagrams, and
+//! coalesced datagrams received and merged back into super-frames.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
@@ -77,34 +78,103 @@ fn steady_state_forwarding_allocates_nothing() {
         "table=0,priority=0,actions=resubmit(,1)",
         "table=1,priority=0,actions=NORMAL",
     ]);
+    tunnel_and_count();
+}
+
+/// The datapath runs in-process inside a hypervisor namespace, with a VXLAN port to
+/// a peer hypervisor (a vswitchd daemon in its own namespace): TCP both ways.
+fn tunnel_and_count() {
+    let (hv, peer) = (Netns::new("zh"), Netns::new("zp"));
+    let (ul_hv, ul_peer) = (uniq("ul"), uniq("ul"));
+    sh_ok(&format!(
+        "ip link add {ul_hv} netns {} type veth peer name {ul_peer} netns {}",
+        hv.name, peer.name
+    ));
+    hv.exec_ok(&format!(
+        "ip addr add 192.168.19.1/24 dev {ul_hv} && ip link set {ul_hv} up"
+    ));
+    peer.exec_ok(&format!(
+        "ip addr add 192.168.19.2/24 dev {ul_peer} && ip link set {ul_peer} up"
+    ));
+    let a = Host::new_in("za", "10.0.19.1/24", &hv);
+    let b = Host::new_in("zb", "10.0.19.2/24", &peer);
+    for h in [&a, &b] {
+        h.ns.exec_ok("ip link set eth0 mtu 1450");
+    }
+    let d = Daemon::start_in(&peer);
+    d.vsctl_ok(&[
+        "add-br",
+        "brp",
+        "--",
+        "add-port",
+        "brp",
+        &b.port,
+        "--",
+        "add-port",
+        "brp",
+        "vx",
+        "--",
+        "set",
+        "Interface",
+        "vx",
+        "type=vxlan",
+        "options:remote_ip=192.168.19.1",
+        "options:key=19",
+    ]);
+    let cfg = config(
+        &uniq("br"),
+        &[&a.port, "vx"],
+        iface(
+            "vx",
+            &[
+                "type=vxlan",
+                "options:remote_ip=192.168.19.2",
+                "options:key=19",
+            ],
+        ),
+    );
+    // Devices, sockets and the datapath thread all in the hypervisor's namespace.
+    let (devices, mut worker) = hv.run(|| start(&cfg));
+
+    assert!(a.ping(&b.ip));
+    tcp_transfer(&a, &b, 8 << 20);
+    tcp_transfer(&b, &a, 8 << 20);
+
+    let before = DATAPATH_ALLOCS.load(Ordering::Relaxed);
+    let sent_before = devices.stats("vx").unwrap().view().tx_packets;
+    let merged_before = devices.stats(&a.port).unwrap().view().tx_packets;
+    tcp_transfer(&a, &b, 32 << 20);
+    tcp_transfer(&b, &a, 32 << 20);
+    let allocs = DATAPATH_ALLOCS.load(Ordering::Relaxed) - before;
+    let sent = devices.stats("vx").unwrap().view().tx_packets - sent_before;
+    let merged = devices.stats(&a.port).unwrap().view().tx_packets - merged_before;
+    assert!(
+        sent >= (32 << 20) / 1450,
+        "only {sent} segments sent: the test did not exercise the tunnel"
+    );
+    assert!(
+        merged > 0 && merged < (32 << 20) / 1450 / 4,
+        "{merged} frames to a: received segments were not merged"
+    );
+    assert_eq!(
+        allocs, 0,
+        "the datapath allocated {allocs} times while tunnelling {sent} segments out and \
+         {merged} merged frames in"
+    );
+    worker.shutdown();
+    drop(devices);
 }
 
 fn forward_and_count(flows: &[&str]) {
     let a = Host::new("za", "10.0.9.1/24");
     let b = Host::new("zb", "10.0.9.2/24");
     let br = uniq("br");
-    let mut cfg = Config::default();
-    let add = |port: &str| Op::AddPort {
-        bridge: br.clone(),
-        port: port.into(),
-        may_exist: false,
-        settings: vec![],
-    };
-    cfg.transact(&[
-        Op::AddBr {
-            bridge: br.clone(),
-            may_exist: false,
-        },
-        add(&a.port),
-        add(&b.port),
-        // b's port cannot take offloaded frames: the software segmentation path runs too.
-        Op::Set {
-            table: "Interface".into(),
-            record: b.port.clone(),
-            settings: vec![Setting::parse("options:offload=false").unwrap()],
-        },
-    ])
-    .unwrap();
+    // b's port cannot take offloaded frames: the software segmentation path runs too.
+    let mut cfg = config(
+        &br,
+        &[&a.port, &b.port],
+        iface(&b.port, &["options:offload=false"]),
+    );
     if !flows.is_empty() {
         cfg.transact(&[Op::ReplaceFlows {
             bridge: br.clone(),
@@ -112,14 +182,7 @@ fn forward_and_count(flows: &[&str]) {
         }])
         .unwrap();
     }
-    let mut devices = Devices::default();
-    assert!(devices.open_missing(&cfg));
-    // Learned flows would go here; these flows learn nothing.
-    let (learned, _learned_rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut worker = WorkerHandle::spawn(learned, std::time::Duration::ZERO).unwrap();
-    let (tx, rx) = tokio::sync::oneshot::channel();
-    worker.send(Cmd::Reconfigure(Arc::new(devices.snapshot(&cfg)), tx));
-    rx.blocking_recv().unwrap();
+    let (devices, mut worker) = start(&cfg);
 
     // Warm-up: learn MACs, grow queues and the segmentation arena to their working size.
     assert!(a.ping(&b.ip));
@@ -157,4 +220,48 @@ fn forward_and_count(flows: &[&str]) {
     }
     worker.shutdown();
     drop(devices);
+}
+
+/// A configuration with bridge `br` holding `ports`, then `more` applied.
+fn config(br: &str, ports: &[&str], more: Op) -> Config {
+    let mut ops = vec![Op::AddBr {
+        bridge: br.into(),
+        may_exist: false,
+    }];
+    ops.extend(ports.iter().map(|p| Op::AddPort {
+        bridge: br.into(),
+        port: p.to_string(),
+        may_exist: false,
+        settings: vec![],
+    }));
+    ops.push(more);
+    let mut cfg = Config::default();
+    cfg.transact(&ops).unwrap();
+    cfg
+}
+
+/// Sets columns of interface `name`.
+fn iface(name: &str, settings: &[&str]) -> Op {
+    Op::Set {
+        table: "Interface".into(),
+        record: name.into(),
+        settings: settings
+            .iter()
+            .map(|s| Setting::parse(s).unwrap())
+            .collect(),
+    }
+}
+
+/// Opens `cfg`'s devices and starts a datapath thread on them (in the caller's
+/// network namespace).
+fn start(cfg: &Config) -> (Devices, WorkerHandle) {
+    let mut devices = Devices::default();
+    assert!(devices.open_missing(cfg));
+    // Learned flows would go here; these flows learn nothing.
+    let (learned, _learned_rx) = tokio::sync::mpsc::unbounded_channel();
+    let worker = WorkerHandle::spawn(learned, std::time::Duration::ZERO).unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    worker.send(Cmd::Reconfigure(Arc::new(devices.snapshot(cfg)), tx));
+    rx.blocking_recv().unwrap();
+    (devices, worker)
 }

@@ -44,16 +44,16 @@ use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
 use crate::netdev::poll::{Epoll, EventFd};
-use crate::netdev::{Netdev, RxBatch, TxBatch, TxStore, BATCH};
+use crate::netdev::{Netdev, RxBatch, TxBatch, TxResult, TxStore, BATCH};
 use crate::pipeline::{ActionRt, Pipeline, MAX_RESUBMIT_DEPTH};
 use crate::stats::PortStats;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ofproto::actions::Verdict;
 use ofproto::flow::{TUN_DST, TUN_ID, TUN_SRC};
-use ofproto::tunnel::TunnelDemux;
+use ofproto::tunnel::{vxlan_emit, TunnelDemux};
 
-use crate::netdev::tunnel::{dest, RxMeta, TunnelRx, TunnelTx};
+use crate::netdev::tunnel::{dest, GsoSend, RxMeta, TunnelKind, TunnelRx, TunnelTx};
 use crate::netdev::Dest;
 use crate::tunnel::TunnelConfig;
 use ofproto::classifier::RuleId;
@@ -301,6 +301,10 @@ struct Worker {
     /// Ports with something in `txq`, in first-use order.
     pending: Vec<usize>,
     tx_store: TxStore,
+    /// The same, for frames sent on tunnels (see [`Worker::send_tunnel`]).
+    tun_store: TxStore,
+    /// Scratch iovecs of a UDP GSO send.
+    gso_iov: Vec<libc::iovec>,
     /// Per queued frame of the port being flushed: how its tag changes, if it does.
     retags: Vec<Option<Retag>>,
     /// Frames materialized with their new tag for ports that need a copy anyway.
@@ -359,6 +363,8 @@ impl Worker {
             txq: Vec::new(),
             pending: Vec::with_capacity(64),
             tx_store: TxStore::with_capacity(PREALLOC_SEGMENTS),
+            tun_store: TxStore::with_capacity(PREALLOC_SEGMENTS),
+            gso_iov: Vec::with_capacity(2 * PREALLOC_SEGMENTS),
             retags: Vec::with_capacity(BATCH * 4),
             tag_buf: Vec::with_capacity(crate::netdev::BUF_SIZE + 4),
             seg_buf: Vec::with_capacity(BATCH * crate::netdev::BUF_SIZE + PREALLOC_SEGMENTS * 128),
@@ -621,7 +627,9 @@ impl Worker {
         let Some(e) = snap.endpoints.get(ep) else {
             return;
         };
-        for _ in 0..BATCHES_PER_WAKEUP {
+        let mut rounds = 0;
+        loop {
+            rounds += 1;
             let n = match e.rx.recv(&mut self.rx, &mut self.tun_rx) {
                 Ok(0) => return,
                 Ok(n) => n,
@@ -663,7 +671,9 @@ impl Worker {
             }
             self.flush(&snap);
             self.rx.clear();
-            if n < BATCH {
+            // Segments already read wait in the socket's carry, where epoll cannot
+            // see them: deliver them all before sleeping.
+            if (n < BATCH || rounds >= BATCHES_PER_WAKEUP) && !e.rx.has_carry() {
                 return;
             }
         }
@@ -1032,35 +1042,53 @@ impl Worker {
                 }
                 PortKind::Tunnel(t) => {
                     // Tunnels carry finished frames (no offloads across the underlay),
-                    // each behind outer headers written here.
+                    // each behind outer headers written here. A super-frame's segments
+                    // leave with one UDP GSO send where the tunnel allows it; the rest
+                    // in order around them, batched with sendmmsg.
                     let errors = self.finish(&q);
-                    let len = t.cfg.outer_len();
-                    self.outer.clear();
-                    self.dests.clear();
-                    for (r, &item) in self.seg_ranges.iter().zip(&self.seg_items) {
-                        let item = q[usize::from(item)];
-                        let at = self.outer.len();
-                        self.outer.resize(at + OUTER_STRIDE, 0);
-                        t.cfg.write_outer(
-                            &mut self.outer[at..at + len],
-                            item.tun_key,
-                            item.tun_dst,
-                            &self.seg_buf[r.clone()],
-                        );
-                        self.dests.push(dest(item.tun_dst, 0));
+                    let gso = t.cfg.kind == TunnelKind::Vxlan && !t.cfg.v6();
+                    let n = self.seg_ranges.len();
+                    let mut res = TxResult::default();
+                    // Start of the finished frames not yet sent.
+                    let mut run = 0;
+                    let mut i = 0;
+                    while i < n {
+                        let mut j = i + 1;
+                        while j < n && self.seg_items[j] == self.seg_items[i] {
+                            j += 1;
+                        }
+                        if gso && j - i >= 2 {
+                            if run < i {
+                                res += self.send_tunnel(t, &q, run..i);
+                                run = i;
+                            }
+                            let item = q[usize::from(self.seg_items[i])];
+                            let first = &self.seg_buf[self.seg_ranges[i].clone()];
+                            let g = GsoSend {
+                                dst: &dest(item.tun_dst, t.cfg.dst_port),
+                                sport: t.tx.vxlan_source_port(false, first),
+                                tos: t.cfg.tos,
+                                ttl: t.cfg.ttl,
+                                src: match t.cfg.local {
+                                    Some(IpAddr::V4(a)) => a,
+                                    _ => Ipv4Addr::UNSPECIFIED,
+                                },
+                                vxlan: &vxlan_emit(item.tun_key),
+                            };
+                            let segs = &self.seg_ranges[i..j];
+                            if let Some(r) =
+                                t.tx.send_gso(&g, &self.seg_buf, segs, &mut self.gso_iov)
+                            {
+                                res += r;
+                                run = j;
+                            }
+                        }
+                        i = j;
                     }
-                    for (i, r) in self.seg_ranges.iter().enumerate() {
-                        let at = i * OUTER_STRIDE;
-                        tx.push_parts(&[&self.outer[at..at + len], &self.seg_buf[r.clone()]]);
+                    if run < n {
+                        res += self.send_tunnel(t, &q, run..n);
                     }
-                    let v6 = t.cfg.v6().then(|| {
-                        let src = match t.cfg.local {
-                            Some(IpAddr::V6(a)) => a,
-                            _ => Ipv6Addr::UNSPECIFIED,
-                        };
-                        (t.cfg.tos, t.cfg.ttl, src)
-                    });
-                    (t.tx.send(t.cfg.kind, v6, &tx, &self.dests, len), errors)
+                    (res, errors)
                 }
                 _ => (Default::default(), 0),
             };
@@ -1074,6 +1102,51 @@ impl Worker {
         self.pending.clear();
         self.heads.clear();
         self.head_lens.clear();
+    }
+
+    /// Sends finished frames `range` of `seg_buf` (see [`Worker::finish`]) on tunnel
+    /// `t`, each behind its outer headers, with one `sendmmsg` per [`BATCH`].
+    fn send_tunnel(&mut self, t: &TunnelOut, q: &[TxItem], range: Range<usize>) -> TxResult {
+        let len = t.cfg.outer_len();
+        let v6 = t.cfg.v6();
+        let vxlan = t.cfg.kind == TunnelKind::Vxlan;
+        self.outer.clear();
+        self.dests.clear();
+        let ranges = &self.seg_ranges[range.clone()];
+        for (r, &item) in ranges.iter().zip(&self.seg_items[range]) {
+            let item = q[usize::from(item)];
+            let inner = &self.seg_buf[r.clone()];
+            let sport = if vxlan {
+                t.tx.vxlan_source_port(v6, inner)
+            } else {
+                0
+            };
+            let at = self.outer.len();
+            self.outer.resize(at + OUTER_STRIDE, 0);
+            t.cfg.write_outer(
+                &mut self.outer[at..at + len],
+                item.tun_key,
+                item.tun_dst,
+                inner,
+                sport,
+            );
+            self.dests.push(dest(item.tun_dst, 0));
+        }
+        let mut tx = TxBatch::new(std::mem::take(&mut self.tun_store));
+        for (i, r) in ranges.iter().enumerate() {
+            let at = i * OUTER_STRIDE;
+            tx.push_parts(&[&self.outer[at..at + len], &self.seg_buf[r.clone()]]);
+        }
+        let v6 = v6.then(|| {
+            let src = match t.cfg.local {
+                Some(IpAddr::V6(a)) => a,
+                _ => Ipv6Addr::UNSPECIFIED,
+            };
+            (t.cfg.tos, t.cfg.ttl, src)
+        });
+        let r = t.tx.send(t.cfg.kind, v6, &tx, &self.dests, len);
+        self.tun_store = tx.into_store();
+        r
     }
 
     /// Turns queued frames into finished frames in `seg_buf` (checksums completed,

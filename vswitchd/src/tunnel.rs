@@ -195,9 +195,9 @@ impl TunnelConfig {
 
     /// Writes the outer headers (`outer_len()` bytes) for `inner` to go to `dst`
     /// with key `key`: over IPv4 the IPv4 header (from `local_ip`, or whatever the
-    /// kernel picks), then UDP (source port from the inner flow) and VXLAN, or GRE.
-    /// Over IPv6 the kernel writes the IPv6 header and the UDP checksum.
-    pub fn write_outer(&self, out: &mut [u8], key: u32, dst: IpAddr, inner: &[u8]) {
+    /// kernel picks), then UDP (from `sport`, picked by the inner flow) and VXLAN, or
+    /// GRE. Over IPv6 the kernel writes the IPv6 header and the UDP checksum.
+    pub fn write_outer(&self, out: &mut [u8], key: u32, dst: IpAddr, inner: &[u8], sport: u16) {
         use ofproto::tunnel::*;
         let rest = match dst {
             IpAddr::V4(dst) => {
@@ -218,12 +218,7 @@ impl TunnelConfig {
         match self.kind {
             TunnelKind::Vxlan => {
                 let (udp, vx) = rest.split_at_mut(UDP_HDR_LEN);
-                udp_emit(
-                    udp,
-                    entropy_port(inner),
-                    self.dst_port,
-                    VXLAN_HDR_LEN + inner.len(),
-                );
+                udp_emit(udp, sport, self.dst_port, VXLAN_HDR_LEN + inner.len());
                 vx[..VXLAN_HDR_LEN].copy_from_slice(&vxlan_emit(key));
             }
             TunnelKind::Gre => {

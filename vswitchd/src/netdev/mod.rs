@@ -275,6 +275,15 @@ pub struct TxResult {
     pub errors: u64,
 }
 
+impl std::ops::AddAssign for TxResult {
+    fn add_assign(&mut self, o: TxResult) {
+        self.sent += o.sent;
+        self.bytes += o.bytes;
+        self.dropped += o.dropped;
+        self.errors += o.errors;
+    }
+}
+
 /// An open device of either kind.
 pub enum Netdev {
     Packet(afpacket::PacketSocket),
@@ -369,9 +378,9 @@ impl Netdev {
     }
 }
 
-/// Room for the control messages a receive may carry (PACKET_AUXDATA, IP_PKTINFO,
-/// IPV6_PKTINFO).
-const CTRL_LEN: usize = 64;
+/// Room for the control messages a receive may carry (PACKET_AUXDATA, IP_PKTINFO or
+/// IPV6_PKTINFO, UDP_GRO).
+const CTRL_LEN: usize = 96;
 
 /// Reads up to [`BATCH`] messages from `fd` with one `recvmmsg`: message `i` into slot
 /// `i` of `rx`, `at` bytes into its buffer (the slot starts there until `each` says

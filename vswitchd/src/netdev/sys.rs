@@ -4,6 +4,11 @@ use std::ffi::CString;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
+/// `UDP_SEGMENT` and `UDP_GRO` (linux/udp.h), options of level `IPPROTO_UDP`; the
+/// libc crate defines them for uClibc only.
+pub const UDP_SEGMENT: libc::c_int = 103;
+pub const UDP_GRO: libc::c_int = 104;
+
 /// The interface index of `name`, or `ENODEV`.
 pub fn ifindex(name: &str) -> io::Result<u32> {
     let c = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;

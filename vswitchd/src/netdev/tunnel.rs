@@ -9,6 +9,11 @@
 //! - Receiving is zero-copy: a packet is read into a slot at [`RX_AT`], and the slot
 //!   is then made to start 10 bytes before the inner frame, where an empty virtio-net
 //!   header is written — the datapath sees an ordinary slot.
+//! - VXLAN sockets ask for `UDP_GRO`: a burst of same-sized datagrams from one
+//!   sender (a peer's UDP GSO send of one super-frame, or the NIC's GRO) arrives as
+//!   one buffer. Consecutive segments of one TCP stream are merged in place into one
+//!   super-frame ([`ofproto::gro`]); anything else is delivered segment by segment,
+//!   in order, what does not fit the batch carried over to the next receive.
 //! - Sending over IPv4: one raw socket (`IPPROTO_RAW`, so `IP_HDRINCL`) for all
 //!   tunnel ports; the datapath writes the outer IPv4 header (TOS, TTL,
 //!   don't-fragment) and the UDP or GRE header, the kernel routes it and fills in
@@ -18,16 +23,30 @@
 //!   limit and source given per send as ancillary data, and `IPV6_DONTFRAG`. Each
 //!   message is two parts — outer headers and the inner frame — so the frame is not
 //!   copied.
+//! - VXLAN over IPv4 sends a segmented super-frame with one `sendmsg` of UDP GSO
+//!   (`UDP_SEGMENT`): one route lookup, one skb and one pass through the IP stack per
+//!   super-frame instead of per segment; a peer with `UDP_GRO` receives it as one
+//!   buffer. A UDP socket sends from the port it is bound to, so these go through a
+//!   pool of [`POOL_SIZE`] sockets bound to ports of the dynamic range, and every
+//!   VXLAN packet's source port (raw or GSO) is picked from the pool by the inner
+//!   flow's hash: one flow, one port, whichever way it leaves. They send with UDP
+//!   checksums, which GSO requires (the raw path sends none, as RFC 7348 allows).
 
+use std::collections::VecDeque;
 use std::io;
 use std::mem;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::ops::Range;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::{Mutex, OnceLock};
 
+use ofproto::gro;
 use ofproto::tunnel::{self, DecapError};
 use ofproto::vnet_hdr::VNET_HDR_LEN;
 
-use super::{recv_batch, send_batch, sys, Dest, RxBatch, TxBatch, TxResult, BATCH, BUF_SIZE};
+use super::{
+    is_congestion, recv_batch, send_batch, sys, Dest, RxBatch, TxBatch, TxResult, BATCH, BUF_SIZE,
+};
 
 /// Where in a slot's buffer a tunnel packet is read: room for the virtio-net header
 /// in front of the inner frame even after the shortest outer header (VXLAN's 8 bytes).
@@ -146,6 +165,44 @@ pub struct TunnelRx {
     pub kind: TunnelKind,
     v6: bool,
     fd: OwnedFd,
+    /// Datagrams read but not yet delivered (see [`Carry`]).
+    carry: Mutex<Carry>,
+}
+
+/// Datagrams already read from the socket that did not fit the batch: the rest of
+/// a coalesced datagram delivered segment by segment, and whatever the same
+/// `recvmmsg` read after it (kept so that nothing overtakes it). Empty in steady
+/// state; its buffers are kept for reuse.
+#[derive(Default)]
+struct Carry {
+    buf: Vec<u8>,
+    items: VecDeque<Carried>,
+}
+
+struct Carried {
+    src: IpAddr,
+    dst: IpAddr,
+    /// Segment size of a coalesced datagram; 0 for a single datagram.
+    gso: usize,
+    start: usize,
+    len: usize,
+    /// Known not to merge: deliver one segment at a time.
+    split: bool,
+}
+
+impl Carry {
+    fn push(&mut self, src: IpAddr, dst: IpAddr, gso: usize, bytes: &[u8]) {
+        let start = self.buf.len();
+        self.buf.extend_from_slice(bytes);
+        self.items.push_back(Carried {
+            src,
+            dst,
+            gso,
+            start,
+            len: bytes.len(),
+            split: false,
+        });
+    }
 }
 
 /// An IPv6 socket that reports each packet's destination address (IPV6_PKTINFO):
@@ -174,6 +231,9 @@ impl TunnelRx {
             fd
         };
         sys::big_buffers(fd.as_raw_fd(), BOTH_BUFFERS);
+        // Coalesced bursts (see the module's comment); an old kernel without it
+        // delivers datagram by datagram, which is merely slower.
+        let _ = sys::setsockopt(fd.as_raw_fd(), libc::IPPROTO_UDP, sys::UDP_GRO, &1i32);
         let any: IpAddr = if v6 {
             Ipv6Addr::UNSPECIFIED.into()
         } else {
@@ -184,6 +244,7 @@ impl TunnelRx {
             kind: TunnelKind::Vxlan,
             v6,
             fd,
+            carry: Mutex::default(),
         })
     }
 
@@ -200,6 +261,7 @@ impl TunnelRx {
             kind: TunnelKind::Gre,
             v6,
             fd,
+            carry: Mutex::default(),
         })
     }
 
@@ -207,77 +269,201 @@ impl TunnelRx {
         self.fd.as_raw_fd()
     }
 
-    /// Reads up to [`BATCH`] packets into `rx`, each slot holding an empty virtio-net
-    /// header and the inner frame, and what the outer headers said into `meta`. A
-    /// packet that cannot be decapsulated leaves an empty slot and `meta[i].err`.
+    /// Whether datagrams already read wait to be delivered: the caller must call
+    /// [`TunnelRx::recv`] again before sleeping, since epoll cannot see them.
+    pub fn has_carry(&self) -> bool {
+        !self.carry.lock().unwrap().items.is_empty()
+    }
+
+    /// Reads up to [`BATCH`] packets into `rx`, each slot holding a virtio-net header
+    /// and the inner frame, and what the outer headers said into `meta`. A packet
+    /// that cannot be decapsulated leaves an empty slot and `meta[i].err`.
     pub fn recv(&self, rx: &mut RxBatch, meta: &mut [RxMeta; BATCH]) -> io::Result<usize> {
-        recv_batch(self.fd.as_raw_fd(), rx, RX_AT, |rx, i, m, name| {
+        let mut carry = self.carry.lock().unwrap();
+        if !carry.items.is_empty() {
+            return Ok(self.drain(&mut carry, rx, meta));
+        }
+        // The slot after which the batch was cut: a coalesced datagram that did not
+        // merge; its other segments and the datagrams after it wait in `carry`.
+        let mut cut = None;
+        let n = recv_batch(self.fd.as_raw_fd(), rx, RX_AT, |rx, i, m, name| {
             let len = (m.msg_len as usize).min(BUF_SIZE - RX_AT);
             let truncated = m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
-            let base = i * BUF_SIZE + RX_AT;
-            let pkt = &rx.storage[base..base + len];
-            let src = addr_of(name);
-            let dst = pktinfo_dst(&m.msg_hdr);
-            // (source, destination, key, where the inner frame starts)
-            let decap = match (self.kind, self.v6) {
-                (TunnelKind::Vxlan, _) => {
-                    tunnel::vxlan_parse(pkt).map(|vni| (src, dst, vni, tunnel::VXLAN_HDR_LEN))
-                }
-                (TunnelKind::Gre, false) => tunnel::ipv4_parse(pkt).and_then(|(s, d, ihl)| {
-                    let g = tunnel::gre_parse(&pkt[ihl..])?;
-                    Ok((s.into(), d.into(), g.key, ihl + g.len))
-                }),
-                (TunnelKind::Gre, true) => tunnel::gre_parse(pkt).map(|g| (src, dst, g.key, g.len)),
-            };
-            match decap {
-                Ok((src, dst, key, inner)) => {
-                    meta[i] = RxMeta {
-                        src,
-                        dst,
-                        key,
-                        err: None,
-                    };
-                    // The slot starts an empty virtio-net header before the inner frame.
-                    let start = RX_AT + inner - VNET_HDR_LEN;
-                    rx.storage[i * BUF_SIZE + start..i * BUF_SIZE + start + VNET_HDR_LEN].fill(0);
-                    rx.set_stored(i, start, len - inner + VNET_HDR_LEN);
-                }
-                Err(e) => {
-                    let src = match (self.kind, self.v6) {
-                        (TunnelKind::Gre, false) => tunnel::ipv4_parse(pkt)
-                            .map_or(Ipv4Addr::UNSPECIFIED.into(), |(s, _, _)| s.into()),
-                        _ => src,
-                    };
-                    meta[i] = RxMeta {
-                        src,
-                        dst,
-                        key: 0,
-                        err: Some(e),
-                    };
-                    rx.set_stored(i, RX_AT, 0);
-                }
+            let (src, dst, gso) = (addr_of(name), pktinfo_dst(&m.msg_hdr), gro_size(&m.msg_hdr));
+            if cut.is_some() {
+                let base = i * BUF_SIZE + RX_AT;
+                carry.push(src, dst, gso, &rx.storage[base..base + len]);
+                rx.set_stored(i, RX_AT, 0);
+                return;
+            }
+            if let Some(rest) = self.settle(rx, i, len, src, dst, gso, &mut meta[i]) {
+                let base = i * BUF_SIZE + RX_AT;
+                carry.push(src, dst, gso, &rx.storage[base + rest..base + len]);
+                carry.items.back_mut().unwrap().split = true;
+                cut = Some(i);
             }
             rx.truncated[i] = truncated;
+        })?;
+        Ok(match cut {
+            Some(i) => {
+                rx.count = i + 1;
+                i + 1
+            }
+            None => n,
         })
     }
+
+    /// Fills `rx` from `carry`, one slot per segment or merged datagram.
+    fn drain(&self, carry: &mut Carry, rx: &mut RxBatch, meta: &mut [RxMeta; BATCH]) -> usize {
+        let mut filled = 0;
+        while filled < BATCH {
+            let Some(it) = carry.items.front_mut() else {
+                break;
+            };
+            let whole = it.gso == 0 || it.len <= it.gso || !it.split;
+            let take = if whole { it.len } else { it.gso };
+            let base = filled * BUF_SIZE + RX_AT;
+            rx.storage[base..base + take].copy_from_slice(&carry.buf[it.start..it.start + take]);
+            let gso = if whole { it.gso } else { 0 };
+            let (src, dst) = (it.src, it.dst);
+            let rest = self.settle(rx, filled, take, src, dst, gso, &mut meta[filled]);
+            match rest {
+                Some(rest) => {
+                    it.start += rest;
+                    it.len -= rest;
+                    it.split = true;
+                }
+                None if whole => {
+                    carry.items.pop_front();
+                }
+                None => {
+                    it.start += take;
+                    it.len -= take;
+                    if it.len == 0 {
+                        carry.items.pop_front();
+                    }
+                }
+            }
+            filled += 1;
+        }
+        if carry.items.is_empty() {
+            carry.buf.clear();
+        }
+        rx.count = filled;
+        filled
+    }
+
+    /// Decapsulates the `len`-byte packet read into slot `i` at [`RX_AT`], from `src`
+    /// to `dst`. A coalesced VXLAN datagram (`gso` > 0: its segment size) becomes one
+    /// merged frame when it can; when it cannot, the slot takes its first segment and
+    /// the result says where the rest starts.
+    #[allow(clippy::too_many_arguments)]
+    fn settle(
+        &self,
+        rx: &mut RxBatch,
+        i: usize,
+        len: usize,
+        src: IpAddr,
+        dst: IpAddr,
+        gso: usize,
+        meta: &mut RxMeta,
+    ) -> Option<usize> {
+        let mut len = len;
+        let mut rest = None;
+        if self.kind == TunnelKind::Vxlan && gso > 0 && len > gso {
+            let slot = &mut rx.storage[i * BUF_SIZE..(i + 1) * BUF_SIZE];
+            if let Ok(vni) = tunnel::vxlan_parse(&slot[RX_AT..RX_AT + len]) {
+                if let Ok(r) = gro::merge_tcp(slot, RX_AT, len, gso, tunnel::VXLAN_HDR_LEN) {
+                    *meta = RxMeta {
+                        src,
+                        dst,
+                        key: vni,
+                        err: None,
+                    };
+                    rx.set_stored(i, r.start, r.len());
+                    return None;
+                }
+            }
+            rest = Some(gso);
+            len = gso;
+        }
+        let base = i * BUF_SIZE + RX_AT;
+        let pkt = &rx.storage[base..base + len];
+        // (source, destination, key, where the inner frame starts)
+        let decap = match (self.kind, self.v6) {
+            (TunnelKind::Vxlan, _) => {
+                tunnel::vxlan_parse(pkt).map(|vni| (src, dst, vni, tunnel::VXLAN_HDR_LEN))
+            }
+            (TunnelKind::Gre, false) => tunnel::ipv4_parse(pkt).and_then(|(s, d, ihl)| {
+                let g = tunnel::gre_parse(&pkt[ihl..])?;
+                Ok((s.into(), d.into(), g.key, ihl + g.len))
+            }),
+            (TunnelKind::Gre, true) => tunnel::gre_parse(pkt).map(|g| (src, dst, g.key, g.len)),
+        };
+        match decap {
+            Ok((src, dst, key, inner)) => {
+                *meta = RxMeta {
+                    src,
+                    dst,
+                    key,
+                    err: None,
+                };
+                // The slot starts an empty virtio-net header before the inner frame.
+                let start = RX_AT + inner - VNET_HDR_LEN;
+                rx.storage[i * BUF_SIZE + start..i * BUF_SIZE + start + VNET_HDR_LEN].fill(0);
+                rx.set_stored(i, start, len - inner + VNET_HDR_LEN);
+            }
+            Err(e) => {
+                let src = match (self.kind, self.v6) {
+                    (TunnelKind::Gre, false) => tunnel::ipv4_parse(pkt)
+                        .map_or(Ipv4Addr::UNSPECIFIED.into(), |(s, _, _)| s.into()),
+                    _ => src,
+                };
+                *meta = RxMeta {
+                    src,
+                    dst,
+                    key: 0,
+                    err: Some(e),
+                };
+                rx.set_stored(i, RX_AT, 0);
+            }
+        }
+        rest
+    }
+}
+
+/// The data of the first control message of `level` and `ty` in a received
+/// message, read as a `T`.
+fn cmsg<T>(m: &libc::msghdr, level: libc::c_int, ty: libc::c_int) -> Option<T> {
+    // SAFETY: the kernel filled msg_control/msg_controllen; CMSG_* walk within it,
+    // and a message of this level and type carries at least a T.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(m);
+        while !c.is_null() {
+            if (*c).cmsg_level == level && (*c).cmsg_type == ty {
+                return Some(std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const T));
+            }
+            c = libc::CMSG_NXTHDR(m, c);
+        }
+    }
+    None
+}
+
+/// The segment size of a coalesced datagram, from its `UDP_GRO` control message;
+/// 0 for a single datagram.
+fn gro_size(m: &libc::msghdr) -> usize {
+    cmsg::<libc::c_int>(m, libc::IPPROTO_UDP, sys::UDP_GRO)
+        .and_then(|v| usize::try_from(v).ok())
+        .unwrap_or(0)
 }
 
 /// The destination address from an `IP_PKTINFO` or `IPV6_PKTINFO` control message.
 fn pktinfo_dst(m: &libc::msghdr) -> IpAddr {
-    // SAFETY: the kernel filled msg_control/msg_controllen; CMSG_* walk within it.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(m);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::IPPROTO_IP && (*c).cmsg_type == libc::IP_PKTINFO {
-                let info = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::in_pktinfo);
-                return Ipv4Addr::from(u32::from_be(info.ipi_addr.s_addr)).into();
-            }
-            if (*c).cmsg_level == libc::IPPROTO_IPV6 && (*c).cmsg_type == libc::IPV6_PKTINFO {
-                let info = std::ptr::read_unaligned(libc::CMSG_DATA(c) as *const libc::in6_pktinfo);
-                return Ipv6Addr::from(info.ipi6_addr.s6_addr).into();
-            }
-            c = libc::CMSG_NXTHDR(m, c);
-        }
+    if let Some(i) = cmsg::<libc::in_pktinfo>(m, libc::IPPROTO_IP, libc::IP_PKTINFO) {
+        return Ipv4Addr::from(u32::from_be(i.ipi_addr.s_addr)).into();
+    }
+    if let Some(i) = cmsg::<libc::in6_pktinfo>(m, libc::IPPROTO_IPV6, libc::IPV6_PKTINFO) {
+        return Ipv6Addr::from(i.ipi6_addr.s6_addr).into();
     }
     Ipv4Addr::UNSPECIFIED.into()
 }
@@ -308,11 +494,75 @@ fn drop_everything(fd: RawFd) -> io::Result<()> {
     .map(|_| ())
 }
 
-/// The raw sockets every tunnel port sends through.
+/// UDP sockets in the pool VXLAN over IPv4 sends super-frames through (and takes
+/// its source ports from).
+pub const POOL_SIZE: usize = 32;
+/// Segments one UDP GSO send may carry (the kernel's `UDP_MAX_SEGMENTS` has been
+/// 64 since Linux 5.0, 128 since 6.9).
+const GSO_MAX_SEGMENTS: usize = 64;
+/// The most UDP payload one send may carry: an IPv4 packet's 65535 bytes less the
+/// IPv4 and UDP headers.
+const GSO_MAX_PAYLOAD: usize = 65_535 - 20 - 8;
+
+/// The raw sockets every tunnel port sends through, and the pool of UDP sockets
+/// VXLAN over IPv4 uses for UDP GSO (opened on first use, so a host without VXLAN
+/// ports holds no UDP ports).
 pub struct TunnelTx {
     v4: OwnedFd,
     udp6: OwnedFd,
     gre6: OwnedFd,
+    pool: OnceLock<Vec<(u16, OwnedFd)>>,
+}
+
+/// Opens up to `want` UDP sockets for sending, bound to distinct free ports of the
+/// dynamic range (49152–65535) from a varying start, each refusing everything it
+/// might receive. Ports someone else holds are skipped, never shared.
+fn open_pool(want: usize) -> Vec<(u16, OwnedFd)> {
+    let mut pool = Vec::with_capacity(want);
+    let seed = std::process::id()
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+    for k in 0..0x4000u32 {
+        if pool.len() == want {
+            break;
+        }
+        let port = 49152 | ((seed.wrapping_add(k.wrapping_mul(97))) & 0x3fff) as u16;
+        let Ok(fd) = socket(libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_UDP) else {
+            break;
+        };
+        let raw = fd.as_raw_fd();
+        // Don't fragment; sized by the device's MTU, as raw sends are.
+        let setup = drop_everything(raw).and_then(|_| {
+            sys::setsockopt(
+                raw,
+                libc::IPPROTO_IP,
+                libc::IP_MTU_DISCOVER,
+                &libc::IP_PMTUDISC_PROBE,
+            )
+        });
+        if setup.is_err() {
+            break;
+        }
+        if bind(raw, &dest(Ipv4Addr::UNSPECIFIED.into(), port)).is_ok() {
+            sys::big_buffers(raw, &[(libc::SO_SNDBUFFORCE, libc::SO_SNDBUF)]);
+            pool.push((port, fd));
+        }
+    }
+    pool
+}
+
+/// What one UDP GSO send of a segmented super-frame needs besides its segments.
+pub struct GsoSend<'a> {
+    pub dst: &'a Dest,
+    /// The source port, one of the pool's (from [`TunnelTx::vxlan_source_port`]).
+    pub sport: u16,
+    pub tos: u8,
+    pub ttl: u8,
+    /// The source address; unspecified: the kernel picks by route.
+    pub src: Ipv4Addr,
+    /// The VXLAN header every segment goes behind.
+    pub vxlan: &'a [u8; tunnel::VXLAN_HDR_LEN],
 }
 
 impl TunnelTx {
@@ -340,7 +590,92 @@ impl TunnelTx {
                 &1i32,
             )?;
         }
-        Ok(TunnelTx { v4, udp6, gre6 })
+        Ok(TunnelTx {
+            v4,
+            udp6,
+            gre6,
+            pool: OnceLock::new(),
+        })
+    }
+
+    fn pool(&self) -> &[(u16, OwnedFd)] {
+        self.pool.get_or_init(|| open_pool(POOL_SIZE))
+    }
+
+    /// The UDP source port of a VXLAN packet carrying `inner`: over IPv4 one of the
+    /// pool's, chosen by the inner flow's hash; over IPv6 the hash itself.
+    pub fn vxlan_source_port(&self, v6: bool, inner: &[u8]) -> u16 {
+        let e = tunnel::entropy_port(inner);
+        match self.pool() {
+            p if !v6 && !p.is_empty() => p[usize::from(e) % p.len()].0,
+            _ => e,
+        }
+    }
+
+    /// Sends the segments of one super-frame (`segs`, ranges of `buf`), each behind
+    /// `g.vxlan`, with UDP GSO
+    /// from the pool socket bound to `g.sport`: one `sendmsg` per up to
+    /// [`GSO_MAX_SEGMENTS`] segments or 64 KiB. Every segment but the last must be
+    /// the same size. `None`: this cannot go as GSO (no such pool socket, or
+    /// unequal segments); the caller sends segment by segment. `iov` is the caller's
+    /// reusable scratch vector. Counts are per segment, bytes the inner frames'.
+    pub fn send_gso(
+        &self,
+        g: &GsoSend<'_>,
+        buf: &[u8],
+        segs: &[Range<usize>],
+        iov: &mut Vec<libc::iovec>,
+    ) -> Option<TxResult> {
+        let fd = self
+            .pool()
+            .iter()
+            .find(|(p, _)| *p == g.sport)?
+            .1
+            .as_raw_fd();
+        let first = segs.first()?.len();
+        if segs.len() < 2 || segs[..segs.len() - 1].iter().any(|s| s.len() != first) {
+            return None;
+        }
+        let seg = tunnel::VXLAN_HDR_LEN + first;
+        let per_send = (GSO_MAX_PAYLOAD / seg).min(GSO_MAX_SEGMENTS);
+        if per_send < 2 {
+            return None;
+        }
+        let ctrl = V4Control::new(seg as u16, g.tos, g.ttl, g.src);
+        let mut r = TxResult::default();
+        for chunk in segs.chunks(per_send) {
+            iov.clear();
+            for s in chunk {
+                for part in [&g.vxlan[..], &buf[s.clone()]] {
+                    iov.push(libc::iovec {
+                        iov_base: part.as_ptr() as *mut libc::c_void,
+                        iov_len: part.len(),
+                    });
+                }
+            }
+            // SAFETY: plain old data; all-zero is valid.
+            let mut m: libc::msghdr = unsafe { mem::zeroed() };
+            m.msg_name = &g.dst.addr as *const libc::sockaddr_storage as *mut libc::c_void;
+            m.msg_namelen = g.dst.len;
+            m.msg_iov = iov.as_mut_ptr();
+            m.msg_iovlen = iov.len();
+            m.msg_control = ctrl.buf.as_ptr() as *mut libc::c_void;
+            m.msg_controllen = ctrl.len;
+            let n = chunk.len() as u64;
+            // SAFETY: the header points at `iov` (whose entries point into `segs` and
+            // `g.vxlan`), `g.dst` and `ctrl`, all alive for the call; the kernel only
+            // reads them.
+            let sent = unsafe { libc::sendmsg(fd, &m, libc::MSG_DONTWAIT) };
+            if sent >= 0 {
+                r.sent += n;
+                r.bytes += chunk.iter().map(|s| s.len() as u64).sum::<u64>();
+            } else if is_congestion(&io::Error::last_os_error()) {
+                r.dropped += n;
+            } else {
+                r.errors += n;
+            }
+        }
+        Some(r)
     }
 
     /// Sends frame `i` of `tx` (outer headers of `outer_len` bytes, then the inner
@@ -369,6 +704,67 @@ impl TunnelTx {
         };
         r.bytes = r.bytes.saturating_sub(r.sent * outer_len as u64);
         r
+    }
+}
+
+/// Ancillary data for a UDP GSO send over IPv4: segment size, TOS, TTL and (when
+/// given) the source address.
+struct V4Control {
+    buf: [u64; 16],
+    len: usize,
+}
+
+impl V4Control {
+    fn new(gso: u16, tos: u8, ttl: u8, src: Ipv4Addr) -> V4Control {
+        let mut c = V4Control {
+            buf: [0; 16],
+            len: 0,
+        };
+        let int = mem::size_of::<libc::c_int>() as u32;
+        let info = mem::size_of::<libc::in_pktinfo>() as u32;
+        // SAFETY: CMSG_SPACE/CMSG_LEN are arithmetic; the writes stay within `buf`
+        // (at most 4 messages: 24 + 24 + 24 + 32 = 104 of 128 bytes), walking it with a
+        // msghdr that describes exactly the messages written.
+        unsafe {
+            let with_src = !src.is_unspecified();
+            let total = libc::CMSG_SPACE(mem::size_of::<u16>() as u32)
+                + 2 * libc::CMSG_SPACE(int)
+                + if with_src { libc::CMSG_SPACE(info) } else { 0 };
+            let mut m: libc::msghdr = mem::zeroed();
+            m.msg_control = c.buf.as_mut_ptr() as *mut libc::c_void;
+            m.msg_controllen = total as usize;
+            let h = libc::CMSG_FIRSTHDR(&m);
+            (*h).cmsg_level = libc::IPPROTO_UDP;
+            (*h).cmsg_type = sys::UDP_SEGMENT;
+            (*h).cmsg_len = libc::CMSG_LEN(mem::size_of::<u16>() as u32) as usize;
+            std::ptr::write_unaligned(libc::CMSG_DATA(h) as *mut u16, gso);
+            let mut h = libc::CMSG_NXTHDR(&m, h);
+            for (ty, val) in [
+                (libc::IP_TOS, i32::from(tos)),
+                (libc::IP_TTL, i32::from(ttl)),
+            ] {
+                (*h).cmsg_level = libc::IPPROTO_IP;
+                (*h).cmsg_type = ty;
+                (*h).cmsg_len = libc::CMSG_LEN(int) as usize;
+                std::ptr::write_unaligned(libc::CMSG_DATA(h) as *mut libc::c_int, val);
+                h = libc::CMSG_NXTHDR(&m, h);
+            }
+            if with_src {
+                (*h).cmsg_level = libc::IPPROTO_IP;
+                (*h).cmsg_type = libc::IP_PKTINFO;
+                (*h).cmsg_len = libc::CMSG_LEN(info) as usize;
+                let pi = libc::in_pktinfo {
+                    ipi_ifindex: 0,
+                    ipi_spec_dst: libc::in_addr {
+                        s_addr: u32::from(src).to_be(),
+                    },
+                    ipi_addr: libc::in_addr { s_addr: 0 },
+                };
+                std::ptr::write_unaligned(libc::CMSG_DATA(h) as *mut libc::in_pktinfo, pi);
+            }
+            c.len = total as usize;
+        }
+        c
     }
 }
 

@@ -1,0 +1,365 @@
+//! Merging the TCP segments of one coalesced tunnel datagram back into one
+//! super-frame (software GRO), in place.
+//!
+//! With `UDP_GRO` on its VXLAN socket the kernel hands over a burst of same-sized
+//! datagrams from one sender as one buffer: segment `k` starts at `k * seg`, each a
+//! VXLAN header and an inner frame. When those inner frames are consecutive
+//! segments of one TCP stream — what a sender's UDP GSO of one super-frame produces —
+//! they are merged into one frame with a virtio-net GSO header, so the rest of the
+//! path (the bridge, the AF_PACKET or TAP port to the VM, the VM's TCP) handles one
+//! frame instead of ~45. Anything else is refused, and the caller delivers the
+//! segments one by one.
+//!
+//! The rules are Linux's `tcp_gro_receive`: identical tunnel, Ethernet, IP and TCP
+//! headers except lengths, IP ID, checksums and sequence; contiguous sequence
+//! numbers; every segment but the last exactly the first's size; CWR only on the
+//! first, PSH and FIN only on the last, never SYN, RST or URG. Each segment's TCP
+//! checksum is verified before merging: the merged frame leaves with a partial
+//! checksum (`NEEDS_CSUM`), which receivers trust, so a corrupt segment must not be
+//! hidden inside it.
+
+use std::ops::Range;
+
+use crate::checksum;
+use crate::gso::{PROTO_TCP, TCP_CWR, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, TCP_URG};
+use crate::vnet_hdr::{VnetHdr, F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6, VNET_HDR_LEN};
+
+const ETH_LEN: usize = 14;
+
+/// Why a coalesced datagram cannot become one frame (it is then delivered segment
+/// by segment, which is always correct).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("segments cannot be merged: {0}")]
+pub struct Unmergeable(pub &'static str);
+
+fn be16(b: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([b[at], b[at + 1]])
+}
+
+fn be32(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+}
+
+/// The first segment's inner layout.
+struct Layout {
+    v4: bool,
+    /// Where TCP starts in the inner frame.
+    l4: usize,
+    /// Inner headers: Ethernet, IP, TCP with options.
+    hl: usize,
+}
+
+fn layout(inner: &[u8]) -> Result<Layout, Unmergeable> {
+    if inner.len() < ETH_LEN + 40 {
+        return Err(Unmergeable("too short"));
+    }
+    let (v4, l4) = match be16(inner, 12) {
+        0x0800 => {
+            let ihl = usize::from(inner[ETH_LEN] & 0x0f) * 4;
+            if inner[ETH_LEN] >> 4 != 4 || ihl < 20 || inner.len() < ETH_LEN + ihl + 20 {
+                return Err(Unmergeable("bad IPv4 header"));
+            }
+            if inner[ETH_LEN + 9] != PROTO_TCP {
+                return Err(Unmergeable("not TCP"));
+            }
+            // More-fragments or an offset: a fragment, not a segment.
+            if be16(inner, ETH_LEN + 6) & 0x3fff != 0 {
+                return Err(Unmergeable("IPv4 fragment"));
+            }
+            (true, ETH_LEN + ihl)
+        }
+        0x86dd => {
+            if inner.len() < ETH_LEN + 60 || inner[ETH_LEN] >> 4 != 6 {
+                return Err(Unmergeable("bad IPv6 header"));
+            }
+            // Only TCP right after the fixed header; extension headers are not merged.
+            if inner[ETH_LEN + 6] != PROTO_TCP {
+                return Err(Unmergeable("not TCP"));
+            }
+            (false, ETH_LEN + 40)
+        }
+        _ => return Err(Unmergeable("not IP")),
+    };
+    let th = usize::from(inner[l4 + 12] >> 4) * 4;
+    if th < 20 || inner.len() < l4 + th {
+        return Err(Unmergeable("bad TCP header"));
+    }
+    Ok(Layout {
+        v4,
+        l4,
+        hl: l4 + th,
+    })
+}
+
+/// Whether inner frame `b` has the same headers as `a` where a merge needs them
+/// equal, with `a` laid out as `lay`.
+fn same_headers(a: &[u8], b: &[u8], lay: &Layout) -> bool {
+    let l3 = ETH_LEN;
+    let ip_same = if lay.v4 {
+        // All but total length (2..4), ID (4..6) and checksum (10..12).
+        a[l3..l3 + 2] == b[l3..l3 + 2]
+            && a[l3 + 6..l3 + 10] == b[l3 + 6..l3 + 10]
+            && a[l3 + 12..lay.l4] == b[l3 + 12..lay.l4]
+    } else {
+        // All but payload length (4..6).
+        a[l3..l3 + 4] == b[l3..l3 + 4] && a[l3 + 6..lay.l4] == b[l3 + 6..lay.l4]
+    };
+    let t = lay.l4;
+    // Ethernet; TCP ports (0..4), ack (8..12), data offset (12), window (14..16),
+    // urgent pointer (18..20) and options; not sequence, flags or checksum.
+    a[..ETH_LEN] == b[..ETH_LEN]
+        && ip_same
+        && a[t..t + 4] == b[t..t + 4]
+        && a[t + 8..t + 13] == b[t + 8..t + 13]
+        && a[t + 14..t + 16] == b[t + 14..t + 16]
+        && a[t + 18..lay.hl] == b[t + 18..lay.hl]
+}
+
+/// The pseudo-header sum of a TCP segment of `l4_len` bytes in `inner`.
+fn pseudo(inner: &[u8], lay: &Layout, l4_len: usize) -> u64 {
+    if lay.v4 {
+        checksum::pseudo_v4(&inner[26..30], &inner[30..34], PROTO_TCP, l4_len)
+    } else {
+        checksum::pseudo_v6(&inner[22..38], &inner[38..54], PROTO_TCP, l4_len)
+    }
+}
+
+/// Merges the coalesced datagram `buf[at..at + len]`, made of segments of `seg`
+/// bytes (the last may be shorter), each `skip` bytes of tunnel header that must be
+/// the same in all of them and then an inner frame. On success the result is the
+/// range of `buf` holding a virtio-net header and the merged frame; it starts
+/// `VNET_HDR_LEN - skip` bytes before `at`, which must be in `buf`. On failure the
+/// buffer is unchanged.
+pub fn merge_tcp(
+    buf: &mut [u8],
+    at: usize,
+    len: usize,
+    seg: usize,
+    skip: usize,
+) -> Result<Range<usize>, Unmergeable> {
+    if at + skip < VNET_HDR_LEN || at + len > buf.len() {
+        return Err(Unmergeable("no room for the virtio-net header"));
+    }
+    if seg <= skip || len <= seg {
+        return Err(Unmergeable("fewer than two segments"));
+    }
+    let n = len.div_ceil(seg);
+    let data = &buf[at..at + len];
+    let first = &data[..seg];
+    let lay = layout(&first[skip..])?;
+    let hl = lay.hl;
+    let mss = seg - skip - hl;
+    if seg <= skip + hl {
+        return Err(Unmergeable("no payload"));
+    }
+    let inner0 = &first[skip..];
+    let flags0 = inner0[lay.l4 + 13];
+    let seq0 = be32(inner0, lay.l4 + 4);
+    if flags0 & (TCP_SYN | TCP_RST | TCP_URG) != 0 {
+        return Err(Unmergeable("SYN, RST or URG"));
+    }
+    let base_flags = flags0 & !(TCP_CWR | TCP_PSH | TCP_FIN);
+    let mut total = 0usize;
+    let mut last_flags = 0;
+    for k in 0..n {
+        let s = &data[k * seg..((k + 1) * seg).min(len)];
+        if s.len() <= skip + hl || s[..skip] != first[..skip] {
+            return Err(Unmergeable("different tunnel header or no payload"));
+        }
+        let inner = &s[skip..];
+        let payload = inner.len() - hl;
+        if k + 1 < n && payload != mss {
+            return Err(Unmergeable("segment sizes differ"));
+        }
+        // The IP length must cover exactly this segment (no padding, no truncation).
+        let ip_len = if lay.v4 {
+            usize::from(be16(inner, ETH_LEN + 2))
+        } else {
+            usize::from(be16(inner, ETH_LEN + 4)) + 40
+        };
+        if ip_len != inner.len() - ETH_LEN || !same_headers(inner0, inner, &lay) {
+            return Err(Unmergeable("headers differ"));
+        }
+        if be32(inner, lay.l4 + 4) != seq0.wrapping_add(total as u32) {
+            return Err(Unmergeable("sequence gap"));
+        }
+        let f = inner[lay.l4 + 13];
+        let extra = f & !(TCP_CWR | TCP_PSH | TCP_FIN);
+        if extra != base_flags
+            || (f & TCP_CWR != 0 && k != 0)
+            || (f & (TCP_PSH | TCP_FIN) != 0 && k + 1 != n)
+        {
+            return Err(Unmergeable("flags"));
+        }
+        let l4_len = inner.len() - lay.l4;
+        let sum = checksum::add(pseudo(inner, &lay, l4_len), &inner[lay.l4..]);
+        if checksum::finish(sum) != 0 {
+            return Err(Unmergeable("bad TCP checksum"));
+        }
+        total += payload;
+        last_flags = f;
+    }
+    let frame = at + skip;
+    if lay.l4 - ETH_LEN + (hl - lay.l4) + total > 0xffff {
+        return Err(Unmergeable("too long for one IP packet"));
+    }
+    // Move every later segment's payload up behind the one before it.
+    let mut w = frame + hl + mss;
+    for k in 1..n {
+        let from = at + k * seg + skip + hl;
+        let end = (at + (k + 1) * seg).min(at + len);
+        buf.copy_within(from..end, w);
+        w += end - from;
+    }
+    let inner = &mut buf[frame..w];
+    let l4_len = inner.len() - lay.l4;
+    if lay.v4 {
+        let l3 = ETH_LEN;
+        let tot = (inner.len() - l3) as u16;
+        inner[l3 + 2..l3 + 4].copy_from_slice(&tot.to_be_bytes());
+        inner[l3 + 10..l3 + 12].fill(0);
+        let c = checksum::checksum(&inner[l3..lay.l4]);
+        inner[l3 + 10..l3 + 12].copy_from_slice(&c.to_be_bytes());
+    } else {
+        inner[ETH_LEN + 4..ETH_LEN + 6].copy_from_slice(&(l4_len as u16).to_be_bytes());
+    }
+    inner[lay.l4 + 13] = flags0 | (last_flags & (TCP_PSH | TCP_FIN));
+    // A partial checksum, as a sender's stack leaves it: the pseudo-header's sum.
+    let partial = checksum::fold(pseudo(inner, &lay, l4_len));
+    inner[lay.l4 + 16..lay.l4 + 18].copy_from_slice(&partial.to_be_bytes());
+    let hdr = VnetHdr {
+        flags: F_NEEDS_CSUM,
+        gso_type: if lay.v4 { GSO_TCPV4 } else { GSO_TCPV6 },
+        hdr_len: hl as u16,
+        gso_size: mss as u16,
+        csum_start: lay.l4 as u16,
+        csum_offset: 16,
+    };
+    let v = frame - VNET_HDR_LEN;
+    hdr.emit((&mut buf[v..frame]).try_into().unwrap());
+    Ok(v..w)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gso;
+
+    const VX: [u8; 8] = [0x08, 0, 0, 0, 0, 0x13, 0x89, 0];
+
+    /// A TCP super-frame of `payload` bytes, partial checksum, as a stack sends it.
+    fn super_frame(v4: bool, payload: usize, flags: u8) -> (Vec<u8>, VnetHdr) {
+        let mut f = Vec::new();
+        f.extend_from_slice(&[2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1]);
+        let l4 = if v4 {
+            f.extend_from_slice(&[0x08, 0x00]);
+            let tot = (20 + 32 + payload) as u16;
+            f.extend_from_slice(&[0x45, 0, 0, 0, 0x12, 0x34, 0x40, 0, 64, 6, 0, 0]);
+            f[16..18].copy_from_slice(&tot.to_be_bytes());
+            f.extend_from_slice(&[10, 0, 0, 1, 10, 0, 0, 2]);
+            let c = checksum::checksum(&f[14..34]);
+            f[24..26].copy_from_slice(&c.to_be_bytes());
+            34
+        } else {
+            f.extend_from_slice(&[0x86, 0xdd, 0x60, 0, 0, 0]);
+            f.extend_from_slice(&((32 + payload) as u16).to_be_bytes());
+            f.extend_from_slice(&[6, 64]);
+            f.extend_from_slice(&[0xfd; 16]);
+            f.extend_from_slice(&[0xfe; 16]);
+            54
+        };
+        // Ports, seq, ack, data offset 8 (12 bytes of options), flags, window.
+        f.extend_from_slice(&[0x30, 0x39, 0x00, 0x50, 0xff, 0xff, 0xff, 0x00]);
+        f.extend_from_slice(&[0, 0, 0, 7, 0x80, flags, 0x01, 0xf5, 0, 0, 0, 0]);
+        f.extend_from_slice(&[1, 1, 8, 10, 0, 0, 0, 1, 0, 0, 0, 2]);
+        f.extend((0..payload).map(|i| (i * 7 + 3) as u8));
+        let hdr = VnetHdr {
+            flags: F_NEEDS_CSUM,
+            gso_type: if v4 { GSO_TCPV4 } else { GSO_TCPV6 },
+            hdr_len: (l4 + 32) as u16,
+            gso_size: 1398,
+            csum_start: l4 as u16,
+            csum_offset: 16,
+        };
+        let l4_len = f.len() - l4;
+        let p = if v4 {
+            checksum::pseudo_v4(&f[26..30], &f[30..34], 6, l4_len)
+        } else {
+            checksum::pseudo_v6(&f[22..38], &f[38..54], 6, l4_len)
+        };
+        let c = checksum::fold(p);
+        f[l4 + 16..l4 + 18].copy_from_slice(&c.to_be_bytes());
+        (f, hdr)
+    }
+
+    /// What a sender puts in one UDP GSO datagram: each segment behind a VXLAN header,
+    /// laid out from `at` in a buffer with room in front.
+    fn coalesced(frame: &[u8], hdr: &VnetHdr, at: usize) -> (Vec<u8>, usize, usize) {
+        let (mut out, mut segs) = (Vec::new(), Vec::new());
+        gso::segment(frame, hdr, &mut out, &mut segs).unwrap();
+        let seg = VX.len() + segs[0].len();
+        let mut buf = vec![0xaa; at];
+        for r in &segs {
+            buf.extend_from_slice(&VX);
+            buf.extend_from_slice(&out[r.clone()]);
+        }
+        let len = buf.len() - at;
+        (buf, len, seg)
+    }
+
+    /// The merged frame is the super-frame the sender started from: same bytes but
+    /// for the IP ID and a recomputed IPv4 checksum, and a header saying the same.
+    #[test]
+    fn a_segmented_super_frame_merges_back_whole() {
+        for v4 in [true, false] {
+            for (payload, flags) in [(10_000, 0x18), (1398 * 3, 0x10), (60_000, 0x19)] {
+                let (f, hdr) = super_frame(v4, payload, flags | TCP_CWR);
+                let (mut buf, len, seg) = coalesced(&f, &hdr, 16);
+                let r = merge_tcp(&mut buf, 16, len, seg, VX.len()).unwrap();
+                let got = &buf[r];
+                let h = VnetHdr::parse(got[..VNET_HDR_LEN].try_into().unwrap());
+                assert_eq!(h, hdr, "v4 {v4} payload {payload}");
+                assert_eq!(&got[VNET_HDR_LEN..], &f[..], "v4 {v4} payload {payload}");
+            }
+        }
+    }
+
+    /// Anything that is not one stream's consecutive segments is refused and the
+    /// buffer left as it was.
+    #[test]
+    fn refuses_what_is_not_one_stream_and_changes_nothing() {
+        let (f, hdr) = super_frame(true, 1398 * 4, 0x18);
+        let (buf, len, seg) = coalesced(&f, &hdr, 16);
+        let l4 = 16 + 8 + 34;
+        // (why, byte, bits flipped)
+        let cases = [
+            ("sequence gap", seg * 2 + l4 + 7, 1),
+            ("bad TCP checksum", seg * 3 - 1, 1),
+            ("headers differ", seg + l4 + 14, 1), // window
+            ("different tunnel header or no payload", 16 + seg + 6, 1), // VNI
+            ("flags", seg + l4 + 13, TCP_PSH),    // PSH on a middle segment
+            ("headers differ", 16 + seg + 8 + 15, 4), // TOS
+        ];
+        for (why, at, bits) in cases {
+            let mut b = buf.clone();
+            b[at] ^= bits;
+            let before = b.clone();
+            assert_eq!(merge_tcp(&mut b, 16, len, seg, 8), Err(Unmergeable(why)));
+            assert_eq!(b, before, "{why}: buffer changed");
+        }
+        // A SYN; inner UDP; a single segment; no room for the header.
+        let (s, h) = super_frame(true, 1398 * 2, 0x02);
+        let (mut b, l, sg) = coalesced(&s, &h, 16);
+        assert!(merge_tcp(&mut b, 16, l, sg, 8).is_err());
+        let mut u = buf.clone();
+        u[16 + 8 + 23] = 17;
+        assert_eq!(
+            merge_tcp(&mut u, 16, len, seg, 8),
+            Err(Unmergeable("not TCP"))
+        );
+        let mut one = buf.clone();
+        assert!(merge_tcp(&mut one, 16, seg, seg, 8).is_err());
+        let mut b = buf[15..].to_vec();
+        assert!(merge_tcp(&mut b, 1, len, seg, 8).is_err());
+    }
+}
