@@ -71,6 +71,46 @@ fn vm(tag: &str, ip: &str, hv: &Hv) -> Host {
     h
 }
 
+/// The first IPv4 VXLAN packet (UDP to 4789) from `src` longer than `min_len` that
+/// link `ul` in `ns` carries within `tries` receives; the capture is open when this
+/// returns.
+fn capture_vxlan(
+    ns: &Netns,
+    ul: &str,
+    src: [u8; 4],
+    min_len: usize,
+    tries: usize,
+) -> std::thread::JoinHandle<Option<Vec<u8>>> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let ul = ul.to_string();
+    let cap = ns.spawn(move || {
+        let s = RawSock::open(&ul);
+        ready_tx.send(()).unwrap();
+        (0..tries).find_map(|_| {
+            s.recv().filter(|f| {
+                let udp = f.len() > min_len && f[12..14] == [8, 0] && f[23] == 17;
+                udp && f[26..30] == src && f[36..38] == [0x12, 0xb5]
+            })
+        })
+    });
+    ready_rx.recv().unwrap();
+    cap
+}
+
+/// The outer headers as sent by a port with `tos=0x20 ttl=9`: TOS and TTL as
+/// configured, don't-fragment, a source port in the dynamic range, the VNI.
+fn check_outer(outer: &[u8], vni: u32) {
+    assert_eq!((outer[15], outer[22]), (0x20, 9), "TOS, TTL");
+    assert_eq!(outer[20] & 0x40, 0x40, "don't fragment");
+    assert!(
+        u16::from_be_bytes([outer[34], outer[35]]) >= 49152,
+        "source port"
+    );
+    let mut vx = [0x08, 0, 0, 0, 0, 0, 0, 0];
+    vx[4..7].copy_from_slice(&vni.to_be_bytes()[1..]);
+    assert_eq!(&outer[42..50], &vx, "VXLAN header, VNI {vni}");
+}
+
 fn stat(hv: &Hv, br: &str, port: &str, what: &str) -> u64 {
     hv.d.port_stats(br, port)[what].as_u64().unwrap()
 }
@@ -102,39 +142,13 @@ fn vxlan_joins_vms_per_vni_and_drops_what_it_cannot_carry() {
     hv2.bridge(&a2, "vxa", "vxlan", &vx("192.168.50.1", 5001));
     hv2.bridge(&b2, "vxb", "vxlan", &vx("192.168.50.1", 5002));
 
-    // The outer headers as sent: TOS and TTL as configured, don't-fragment, UDP to
-    // 4789 from a port in the dynamic range, the VNI.
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let cap = hv2.ns.spawn(move || {
-        let s = RawSock::open(&ul2);
-        ready_tx.send(()).unwrap();
-        (0..100).find_map(|_| {
-            s.recv().filter(|f| {
-                f.len() > 50
-                    && f[12..14] == [8, 0]
-                    && f[23] == 17
-                    && f[26..30] == [192, 168, 50, 1]
-                    && f[36..38] == [0x12, 0xb5]
-            })
-        })
-    });
-    ready_rx.recv().unwrap();
+    let cap = capture_vxlan(&hv2.ns, &ul2, [192, 168, 50, 1], 50, 100);
     assert!(a1.ping(&a2.ip), "VNI 5001 across hypervisors");
     let outer = cap
         .join()
         .unwrap()
-        .expect("no VXLAN packet seen on the underlay");
-    assert_eq!((outer[15], outer[22]), (0x20, 9), "TOS, TTL");
-    assert_eq!(outer[20] & 0x40, 0x40, "don't fragment");
-    assert!(
-        u16::from_be_bytes([outer[34], outer[35]]) >= 49152,
-        "source port"
-    );
-    assert_eq!(
-        &outer[42..50],
-        &[0x08, 0, 0, 0, 0, 0x13, 0x89, 0],
-        "VXLAN header, VNI 5001"
-    );
+        .expect("no VXLAN packet on the underlay");
+    check_outer(&outer, 5001);
     assert!(b1.ping(&b2.ip), "VNI 5002 across hypervisors");
     assert!(!a1.ping(&b2.ip), "VNI 5001 reached VNI 5002");
     // TCP super-frames are segmented to the inner MTU before encapsulation.
@@ -677,7 +691,8 @@ fn link_stat(ns: &Netns, link: &str, what: &str) -> u64 {
 /// hands each segmented super-frame to the kernel as one UDP GSO datagram (the
 /// underlay veth counts a few packets per super-frame, not one per segment), and the
 /// receiving one merges the segments back (the VM's port sends frames far larger
-/// than the inner MTU). The bytes arrive intact and in order.
+/// than the inner MTU). The bytes arrive intact and in order, and the GSO datagrams
+/// carry the port's TOS and TTL, don't-fragment, a dynamic source port and the VNI.
 #[test]
 fn vxlan_carries_tcp_super_frames_whole_across_the_underlay() {
     let (hv1, hv2) = (Hv::new("hv1"), Hv::new("hv2"));
@@ -690,14 +705,23 @@ fn vxlan_carries_tcp_super_frames_whole_across_the_underlay() {
             "options:key=61".to_string(),
         ]
     };
-    hv1.bridge(&a1, "vx", "vxlan", &vx("192.168.61.2"));
+    let mut opts = vx("192.168.61.2");
+    opts.extend(["options:tos=0x20".to_string(), "options:ttl=9".to_string()]);
+    hv1.bridge(&a1, "vx", "vxlan", &opts);
     let br2 = hv2.bridge(&a2, "vx", "vxlan", &vx("192.168.61.1"));
     assert!(a1.ping(&a2.ip));
+    // One GSO datagram as it crosses the underlay (a veth carries it unsegmented).
+    let cap = capture_vxlan(&hv1.ns, &ul1, [192, 168, 61, 1], 3000, 2000);
     let sent_before = link_stat(&hv1.ns, &ul1, "tx_packets");
     let to_vm = |what| stat(&hv2, &br2, &a2.port, what);
     let (frames_before, bytes_before) = (to_vm("tx_packets"), to_vm("tx_bytes"));
     let len = 32 << 20;
     tcp_transfer(&a1, &a2, len);
+    let outer = cap
+        .join()
+        .unwrap()
+        .expect("no GSO datagram on the underlay");
+    check_outer(&outer, 61);
     let segments = (len / 1398) as u64;
     let underlay_packets = link_stat(&hv1.ns, &ul1, "tx_packets") - sent_before;
     assert!(

@@ -47,7 +47,7 @@ use crate::netdev::poll::{Epoll, EventFd};
 use crate::netdev::{Netdev, RxBatch, TxBatch, TxResult, TxStore, BATCH};
 use crate::pipeline::{ActionRt, Pipeline, MAX_RESUBMIT_DEPTH};
 use crate::stats::PortStats;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::{IpAddr, Ipv4Addr};
 
 use ofproto::actions::Verdict;
 use ofproto::flow::{TUN_DST, TUN_ID, TUN_SRC};
@@ -301,8 +301,6 @@ struct Worker {
     /// Ports with something in `txq`, in first-use order.
     pending: Vec<usize>,
     tx_store: TxStore,
-    /// The same, for frames sent on tunnels (see [`Worker::send_tunnel`]).
-    tun_store: TxStore,
     /// Scratch iovecs of a UDP GSO send.
     gso_iov: Vec<libc::iovec>,
     /// Per queued frame of the port being flushed: how its tag changes, if it does.
@@ -363,7 +361,6 @@ impl Worker {
             txq: Vec::new(),
             pending: Vec::with_capacity(64),
             tx_store: TxStore::with_capacity(PREALLOC_SEGMENTS),
-            tun_store: TxStore::with_capacity(PREALLOC_SEGMENTS),
             gso_iov: Vec::with_capacity(2 * PREALLOC_SEGMENTS),
             retags: Vec::with_capacity(BATCH * 4),
             tag_buf: Vec::with_capacity(crate::netdev::BUF_SIZE + 4),
@@ -1009,9 +1006,9 @@ impl Worker {
                     frame_view(&self.rx, &self.heads, &self.head_lens, item.slot, item.head);
                 self.retags.push(retag(first, item.tag));
             }
-            let mut tx = TxBatch::new(std::mem::take(&mut self.tx_store));
             let (r, errors) = match &p.kind {
                 PortKind::Device(dev) if dev.takes_vnet_hdr() => {
+                    let mut tx = TxBatch::new(std::mem::take(&mut self.tx_store));
                     for (item, rt) in q.iter().zip(&self.retags) {
                         let (first, rest) = frame_view(
                             &self.rx,
@@ -1030,71 +1027,30 @@ impl Worker {
                             ]),
                         }
                     }
-                    (dev.send(&tx), 0)
+                    let r = dev.send(&tx);
+                    self.tx_store = tx.into_store();
+                    (r, 0)
                 }
                 PortKind::Device(dev) => {
                     // This port cannot take offloaded frames: finish them here.
                     let errors = self.finish(&q);
+                    let mut tx = TxBatch::new(std::mem::take(&mut self.tx_store));
                     for r in &self.seg_ranges {
                         tx.push(&self.seg_buf[r.clone()]);
                     }
-                    (dev.send(&tx), errors)
+                    let r = dev.send(&tx);
+                    self.tx_store = tx.into_store();
+                    (r, errors)
                 }
                 PortKind::Tunnel(t) => {
-                    // Tunnels carry finished frames (no offloads across the underlay),
-                    // each behind outer headers written here. A super-frame's segments
-                    // leave with one UDP GSO send where the tunnel allows it; the rest
-                    // in order around them, batched with sendmmsg.
+                    // Tunnels carry finished frames (no offloads across the underlay).
                     let errors = self.finish(&q);
-                    let gso = t.cfg.kind == TunnelKind::Vxlan && !t.cfg.v6();
-                    let n = self.seg_ranges.len();
-                    let mut res = TxResult::default();
-                    // Start of the finished frames not yet sent.
-                    let mut run = 0;
-                    let mut i = 0;
-                    while i < n {
-                        let mut j = i + 1;
-                        while j < n && self.seg_items[j] == self.seg_items[i] {
-                            j += 1;
-                        }
-                        if gso && j - i >= 2 {
-                            if run < i {
-                                res += self.send_tunnel(t, &q, run..i);
-                                run = i;
-                            }
-                            let item = q[usize::from(self.seg_items[i])];
-                            let first = &self.seg_buf[self.seg_ranges[i].clone()];
-                            let g = GsoSend {
-                                dst: &dest(item.tun_dst, t.cfg.dst_port),
-                                sport: t.tx.vxlan_source_port(false, first),
-                                tos: t.cfg.tos,
-                                ttl: t.cfg.ttl,
-                                src: match t.cfg.local {
-                                    Some(IpAddr::V4(a)) => a,
-                                    _ => Ipv4Addr::UNSPECIFIED,
-                                },
-                                vxlan: &vxlan_emit(item.tun_key),
-                            };
-                            let segs = &self.seg_ranges[i..j];
-                            if let Some(r) =
-                                t.tx.send_gso(&g, &self.seg_buf, segs, &mut self.gso_iov)
-                            {
-                                res += r;
-                                run = j;
-                            }
-                        }
-                        i = j;
-                    }
-                    if run < n {
-                        res += self.send_tunnel(t, &q, run..n);
-                    }
-                    (res, errors)
+                    (self.send_tunnel(t, &q), errors)
                 }
                 _ => (Default::default(), 0),
             };
             p.stats
                 .add_tx(r.sent, r.bytes, r.dropped, r.errors + errors);
-            self.tx_store = tx.into_store();
             self.txq[out] = q;
             self.txq[out].clear();
         }
@@ -1104,9 +1060,52 @@ impl Worker {
         self.head_lens.clear();
     }
 
-    /// Sends finished frames `range` of `seg_buf` (see [`Worker::finish`]) on tunnel
-    /// `t`, each behind its outer headers, with one `sendmmsg` per [`BATCH`].
-    fn send_tunnel(&mut self, t: &TunnelOut, q: &[TxItem], range: Range<usize>) -> TxResult {
+    /// Sends the finished frames in `seg_buf` (see [`Worker::finish`]) on tunnel `t`,
+    /// in order: where the tunnel allows it, the segments of one super-frame in one
+    /// UDP GSO send; the frames between those batched with sendmmsg.
+    fn send_tunnel(&mut self, t: &TunnelOut, q: &[TxItem]) -> TxResult {
+        let gso = t.cfg.kind == TunnelKind::Vxlan && !t.cfg.v6();
+        let n = self.seg_ranges.len();
+        let mut res = TxResult::default();
+        // Start of the finished frames not yet sent.
+        let mut run = 0;
+        let mut i = 0;
+        while i < n {
+            // Frames i..j came from one queued frame.
+            let mut j = i + 1;
+            while j < n && self.seg_items[j] == self.seg_items[i] {
+                j += 1;
+            }
+            if gso && j - i >= 2 {
+                if run < i {
+                    res += self.send_tunnel_each(t, q, run..i);
+                    run = i;
+                }
+                let item = q[usize::from(self.seg_items[i])];
+                let g = GsoSend {
+                    dst: &dest(item.tun_dst, t.cfg.dst_port),
+                    tos: t.cfg.tos,
+                    ttl: t.cfg.ttl,
+                    src: t.cfg.local_v4(),
+                    vxlan: &vxlan_emit(item.tun_key),
+                };
+                let segs = &self.seg_ranges[i..j];
+                if let Some(r) = t.tx.send_gso(&g, &self.seg_buf, segs, &mut self.gso_iov) {
+                    res += r;
+                    run = j;
+                }
+            }
+            i = j;
+        }
+        if run < n {
+            res += self.send_tunnel_each(t, q, run..n);
+        }
+        res
+    }
+
+    /// Sends finished frames `range` of `seg_buf` on tunnel `t`, each behind its
+    /// outer headers, with one `sendmmsg` per [`BATCH`].
+    fn send_tunnel_each(&mut self, t: &TunnelOut, q: &[TxItem], range: Range<usize>) -> TxResult {
         let len = t.cfg.outer_len();
         let v6 = t.cfg.v6();
         let vxlan = t.cfg.kind == TunnelKind::Vxlan;
@@ -1132,20 +1131,14 @@ impl Worker {
             );
             self.dests.push(dest(item.tun_dst, 0));
         }
-        let mut tx = TxBatch::new(std::mem::take(&mut self.tun_store));
+        let mut tx = TxBatch::new(std::mem::take(&mut self.tx_store));
         for (i, r) in ranges.iter().enumerate() {
             let at = i * OUTER_STRIDE;
             tx.push_parts(&[&self.outer[at..at + len], &self.seg_buf[r.clone()]]);
         }
-        let v6 = v6.then(|| {
-            let src = match t.cfg.local {
-                Some(IpAddr::V6(a)) => a,
-                _ => Ipv6Addr::UNSPECIFIED,
-            };
-            (t.cfg.tos, t.cfg.ttl, src)
-        });
+        let v6 = v6.then(|| (t.cfg.tos, t.cfg.ttl, t.cfg.local_v6()));
         let r = t.tx.send(t.cfg.kind, v6, &tx, &self.dests, len);
-        self.tun_store = tx.into_store();
+        self.tx_store = tx.into_store();
         r
     }
 

@@ -7,7 +7,7 @@
 //! logged and ignored: a typo in `remote_ip` should not become a silent black hole.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use ofproto::tunnel::{TunnelMatch, VXLAN_DEFAULT_PORT};
 
@@ -160,6 +160,23 @@ impl TunnelConfig {
         }
     }
 
+    /// `local_ip` as the source of IPv4 packets; unspecified (the kernel picks by
+    /// route) when unset or IPv6.
+    pub fn local_v4(&self) -> Ipv4Addr {
+        match self.local {
+            Some(IpAddr::V4(a)) => a,
+            _ => Ipv4Addr::UNSPECIFIED,
+        }
+    }
+
+    /// `local_ip` as the source of IPv6 packets; unspecified when unset or IPv4.
+    pub fn local_v6(&self) -> Ipv6Addr {
+        match self.local {
+            Some(IpAddr::V6(a)) => a,
+            _ => Ipv6Addr::UNSPECIFIED,
+        }
+    }
+
     /// Whether the underlay is IPv6.
     pub fn v6(&self) -> bool {
         self.remote.or(self.local).is_some_and(|a| a.is_ipv6())
@@ -201,10 +218,7 @@ impl TunnelConfig {
         use ofproto::tunnel::*;
         let rest = match dst {
             IpAddr::V4(dst) => {
-                let src = match self.local {
-                    Some(IpAddr::V4(l)) => l,
-                    _ => Ipv4Addr::UNSPECIFIED,
-                };
+                let src = self.local_v4();
                 let (ip, rest) = out.split_at_mut(IPV4_HDR_LEN);
                 let proto = match self.kind {
                     TunnelKind::Vxlan => libc::IPPROTO_UDP,

@@ -555,8 +555,6 @@ fn open_pool(want: usize) -> Vec<(u16, OwnedFd)> {
 /// What one UDP GSO send of a segmented super-frame needs besides its segments.
 pub struct GsoSend<'a> {
     pub dst: &'a Dest,
-    /// The source port, one of the pool's (from [`TunnelTx::vxlan_source_port`]).
-    pub sport: u16,
     pub tos: u8,
     pub ttl: u8,
     /// The source address; unspecified: the kernel picks by route.
@@ -598,27 +596,29 @@ impl TunnelTx {
         })
     }
 
-    fn pool(&self) -> &[(u16, OwnedFd)] {
-        self.pool.get_or_init(|| open_pool(POOL_SIZE))
+    /// The pool socket (and its port) the flow of `inner` sends from over IPv4;
+    /// `None` if no pool socket could be opened.
+    fn pool_socket(&self, inner: &[u8]) -> Option<&(u16, OwnedFd)> {
+        let pool = self.pool.get_or_init(|| open_pool(POOL_SIZE));
+        let e = usize::from(tunnel::entropy_port(inner));
+        pool.get(e % pool.len().max(1))
     }
 
-    /// The UDP source port of a VXLAN packet carrying `inner`: over IPv4 one of the
-    /// pool's, chosen by the inner flow's hash; over IPv6 the hash itself.
+    /// The UDP source port of a VXLAN packet carrying `inner`: over IPv4 the port of
+    /// the pool socket its flow's hash picks (so raw and GSO sends of one flow agree);
+    /// over IPv6 the hash itself (no pool is opened for it).
     pub fn vxlan_source_port(&self, v6: bool, inner: &[u8]) -> u16 {
-        let e = tunnel::entropy_port(inner);
-        match self.pool() {
-            p if !v6 && !p.is_empty() => p[usize::from(e) % p.len()].0,
-            _ => e,
-        }
+        let pooled = if v6 { None } else { self.pool_socket(inner) };
+        pooled.map_or_else(|| tunnel::entropy_port(inner), |(port, _)| *port)
     }
 
     /// Sends the segments of one super-frame (`segs`, ranges of `buf`), each behind
-    /// `g.vxlan`, with UDP GSO
-    /// from the pool socket bound to `g.sport`: one `sendmsg` per up to
-    /// [`GSO_MAX_SEGMENTS`] segments or 64 KiB. Every segment but the last must be
-    /// the same size. `None`: this cannot go as GSO (no such pool socket, or
-    /// unequal segments); the caller sends segment by segment. `iov` is the caller's
-    /// reusable scratch vector. Counts are per segment, bytes the inner frames'.
+    /// `g.vxlan`, with UDP GSO from the pool socket the flow's hash picks (the port
+    /// [`TunnelTx::vxlan_source_port`] gives its other packets): one `sendmsg` per up
+    /// to [`GSO_MAX_SEGMENTS`] segments or 64 KiB. Every segment but the last must be
+    /// the same size. `None`: this cannot go as GSO (no pool, or unequal segments);
+    /// the caller sends segment by segment. `iov` is the caller's reusable scratch
+    /// vector. Counts are per segment, bytes the inner frames'.
     pub fn send_gso(
         &self,
         g: &GsoSend<'_>,
@@ -626,13 +626,8 @@ impl TunnelTx {
         segs: &[Range<usize>],
         iov: &mut Vec<libc::iovec>,
     ) -> Option<TxResult> {
-        let fd = self
-            .pool()
-            .iter()
-            .find(|(p, _)| *p == g.sport)?
-            .1
-            .as_raw_fd();
         let first = segs.first()?.len();
+        let fd = self.pool_socket(&buf[segs[0].clone()])?.1.as_raw_fd();
         if segs.len() < 2 || segs[..segs.len() - 1].iter().any(|s| s.len() != first) {
             return None;
         }
@@ -641,7 +636,7 @@ impl TunnelTx {
         if per_send < 2 {
             return None;
         }
-        let ctrl = V4Control::new(seg as u16, g.tos, g.ttl, g.src);
+        let ctrl = v4_gso_control(seg as u16, g.tos, g.ttl, g.src);
         let mut r = TxResult::default();
         for chunk in segs.chunks(per_send) {
             iov.clear();
@@ -659,8 +654,8 @@ impl TunnelTx {
             m.msg_namelen = g.dst.len;
             m.msg_iov = iov.as_mut_ptr();
             m.msg_iovlen = iov.len();
-            m.msg_control = ctrl.buf.as_ptr() as *mut libc::c_void;
-            m.msg_controllen = ctrl.len;
+            m.msg_control = ctrl.bytes().as_ptr() as *mut libc::c_void;
+            m.msg_controllen = ctrl.bytes().len();
             let n = chunk.len() as u64;
             // SAFETY: the header points at `iov` (whose entries point into `segs` and
             // `g.vxlan`), `g.dst` and `ctrl`, all alive for the call; the kernel only
@@ -694,7 +689,7 @@ impl TunnelTx {
         let mut r = match v6 {
             None => send_batch(self.v4.as_raw_fd(), tx, Some(dests), None),
             Some((tclass, hops, src)) => {
-                let ctrl = V6Control::new(tclass, hops, src);
+                let ctrl = v6_control(tclass, hops, src);
                 let fd = match kind {
                     TunnelKind::Vxlan => &self.udp6,
                     TunnelKind::Gre => &self.gre6,
@@ -707,120 +702,157 @@ impl TunnelTx {
     }
 }
 
-/// Ancillary data for a UDP GSO send over IPv4: segment size, TOS, TTL and (when
-/// given) the source address.
-struct V4Control {
+/// Ancillary data for a send, built one control message at a time: room for four
+/// messages of up to 24 bytes of data (128 bytes, 8-byte aligned as cmsghdr needs).
+struct Cmsgs {
     buf: [u64; 16],
     len: usize,
 }
 
-impl V4Control {
-    fn new(gso: u16, tos: u8, ttl: u8, src: Ipv4Addr) -> V4Control {
-        let mut c = V4Control {
+impl Cmsgs {
+    fn new() -> Cmsgs {
+        Cmsgs {
             buf: [0; 16],
             len: 0,
-        };
-        let int = mem::size_of::<libc::c_int>() as u32;
-        let info = mem::size_of::<libc::in_pktinfo>() as u32;
-        // SAFETY: CMSG_SPACE/CMSG_LEN are arithmetic; the writes stay within `buf`
-        // (at most 4 messages: 24 + 24 + 24 + 32 = 104 of 128 bytes), walking it with a
-        // msghdr that describes exactly the messages written.
-        unsafe {
-            let with_src = !src.is_unspecified();
-            let total = libc::CMSG_SPACE(mem::size_of::<u16>() as u32)
-                + 2 * libc::CMSG_SPACE(int)
-                + if with_src { libc::CMSG_SPACE(info) } else { 0 };
-            let mut m: libc::msghdr = mem::zeroed();
-            m.msg_control = c.buf.as_mut_ptr() as *mut libc::c_void;
-            m.msg_controllen = total as usize;
-            let h = libc::CMSG_FIRSTHDR(&m);
-            (*h).cmsg_level = libc::IPPROTO_UDP;
-            (*h).cmsg_type = sys::UDP_SEGMENT;
-            (*h).cmsg_len = libc::CMSG_LEN(mem::size_of::<u16>() as u32) as usize;
-            std::ptr::write_unaligned(libc::CMSG_DATA(h) as *mut u16, gso);
-            let mut h = libc::CMSG_NXTHDR(&m, h);
-            for (ty, val) in [
-                (libc::IP_TOS, i32::from(tos)),
-                (libc::IP_TTL, i32::from(ttl)),
-            ] {
-                (*h).cmsg_level = libc::IPPROTO_IP;
-                (*h).cmsg_type = ty;
-                (*h).cmsg_len = libc::CMSG_LEN(int) as usize;
-                std::ptr::write_unaligned(libc::CMSG_DATA(h) as *mut libc::c_int, val);
-                h = libc::CMSG_NXTHDR(&m, h);
-            }
-            if with_src {
-                (*h).cmsg_level = libc::IPPROTO_IP;
-                (*h).cmsg_type = libc::IP_PKTINFO;
-                (*h).cmsg_len = libc::CMSG_LEN(info) as usize;
-                let pi = libc::in_pktinfo {
-                    ipi_ifindex: 0,
-                    ipi_spec_dst: libc::in_addr {
-                        s_addr: u32::from(src).to_be(),
-                    },
-                    ipi_addr: libc::in_addr { s_addr: 0 },
-                };
-                std::ptr::write_unaligned(libc::CMSG_DATA(h) as *mut libc::in_pktinfo, pi);
-            }
-            c.len = total as usize;
         }
-        c
     }
-}
 
-/// Ancillary data for an IPv6 send: traffic class, hop limit, source address.
-struct V6Control {
-    buf: [u64; 16],
-    len: usize,
-}
-
-impl V6Control {
-    fn new(tclass: u8, hops: u8, src: Ipv6Addr) -> V6Control {
-        let mut c = V6Control {
-            buf: [0; 16],
-            len: 0,
-        };
-        // SAFETY: CMSG_SPACE/CMSG_LEN are arithmetic; the writes below stay within
-        // `buf` (3 messages of at most 40 bytes each, 128 bytes available), walking it
-        // with a msghdr that describes exactly that buffer.
+    /// Appends a message of `level`, `ty` carrying `val`.
+    fn with<T: Copy>(mut self, level: libc::c_int, ty: libc::c_int, val: T) -> Cmsgs {
+        let size = mem::size_of::<T>() as u32;
+        // SAFETY: CMSG_SPACE/CMSG_LEN/CMSG_DATA are arithmetic on the header's
+        // address; the assert keeps the header and data inside `buf`, and `len` (a
+        // multiple of CMSG_SPACE's alignment) keeps the header aligned.
         unsafe {
-            let sizes = [
-                libc::CMSG_SPACE(mem::size_of::<libc::c_int>() as u32),
-                libc::CMSG_SPACE(mem::size_of::<libc::c_int>() as u32),
-                libc::CMSG_SPACE(mem::size_of::<libc::in6_pktinfo>() as u32),
-            ];
-            let total: u32 = sizes.iter().sum();
-            let mut m: libc::msghdr = mem::zeroed();
-            m.msg_control = c.buf.as_mut_ptr() as *mut libc::c_void;
-            m.msg_controllen = total as usize;
-            let mut h = libc::CMSG_FIRSTHDR(&m);
-            for (ty, val) in [
-                (libc::IPV6_TCLASS, i32::from(tclass)),
-                (libc::IPV6_HOPLIMIT, i32::from(hops)),
-            ] {
-                (*h).cmsg_level = libc::IPPROTO_IPV6;
-                (*h).cmsg_type = ty;
-                (*h).cmsg_len = libc::CMSG_LEN(mem::size_of::<libc::c_int>() as u32) as usize;
-                std::ptr::write_unaligned(libc::CMSG_DATA(h) as *mut libc::c_int, val);
-                h = libc::CMSG_NXTHDR(&m, h);
-            }
-            (*h).cmsg_level = libc::IPPROTO_IPV6;
-            (*h).cmsg_type = libc::IPV6_PKTINFO;
-            (*h).cmsg_len = libc::CMSG_LEN(mem::size_of::<libc::in6_pktinfo>() as u32) as usize;
-            let info = libc::in6_pktinfo {
-                ipi6_addr: libc::in6_addr {
-                    s6_addr: src.octets(),
-                },
-                ipi6_ifindex: 0,
-            };
-            std::ptr::write_unaligned(libc::CMSG_DATA(h) as *mut libc::in6_pktinfo, info);
-            c.len = total as usize;
+            let space = libc::CMSG_SPACE(size) as usize;
+            assert!(self.len + space <= mem::size_of_val(&self.buf));
+            let h = (self.buf.as_mut_ptr() as *mut u8).add(self.len) as *mut libc::cmsghdr;
+            (*h).cmsg_level = level;
+            (*h).cmsg_type = ty;
+            (*h).cmsg_len = libc::CMSG_LEN(size) as usize;
+            std::ptr::write_unaligned(libc::CMSG_DATA(h) as *mut T, val);
+            self.len += space;
         }
-        c
+        self
     }
 
     fn bytes(&self) -> &[u8] {
         // SAFETY: viewing initialized u64s as bytes.
         unsafe { std::slice::from_raw_parts(self.buf.as_ptr() as *const u8, self.len) }
+    }
+}
+
+/// Ancillary data for a UDP GSO send over IPv4: segment size, TOS, TTL and (when
+/// given) the source address.
+fn v4_gso_control(gso: u16, tos: u8, ttl: u8, src: Ipv4Addr) -> Cmsgs {
+    let c = Cmsgs::new()
+        .with(libc::IPPROTO_UDP, sys::UDP_SEGMENT, gso)
+        .with(libc::IPPROTO_IP, libc::IP_TOS, libc::c_int::from(tos))
+        .with(libc::IPPROTO_IP, libc::IP_TTL, libc::c_int::from(ttl));
+    if src.is_unspecified() {
+        return c;
+    }
+    let info = libc::in_pktinfo {
+        ipi_ifindex: 0,
+        ipi_spec_dst: libc::in_addr {
+            s_addr: u32::from(src).to_be(),
+        },
+        ipi_addr: libc::in_addr { s_addr: 0 },
+    };
+    c.with(libc::IPPROTO_IP, libc::IP_PKTINFO, info)
+}
+
+/// Ancillary data for an IPv6 send: traffic class, hop limit, source address.
+fn v6_control(tclass: u8, hops: u8, src: Ipv6Addr) -> Cmsgs {
+    let info = libc::in6_pktinfo {
+        ipi6_addr: libc::in6_addr {
+            s6_addr: src.octets(),
+        },
+        ipi6_ifindex: 0,
+    };
+    Cmsgs::new()
+        .with(
+            libc::IPPROTO_IPV6,
+            libc::IPV6_TCLASS,
+            libc::c_int::from(tclass),
+        )
+        .with(
+            libc::IPPROTO_IPV6,
+            libc::IPV6_HOPLIMIT,
+            libc::c_int::from(hops),
+        )
+        .with(libc::IPPROTO_IPV6, libc::IPV6_PKTINFO, info)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An option-less IPv4 TCP frame of flow `port`.
+    fn frame(port: u16) -> Vec<u8> {
+        let mut f = vec![0u8; 60];
+        f[12..14].copy_from_slice(&[0x08, 0x00]);
+        f[14] = 0x45;
+        f[23] = 6;
+        f[36..38].copy_from_slice(&port.to_be_bytes());
+        f
+    }
+
+    /// What the kernel will read: each control message where CMSG_NXTHDR finds it.
+    #[test]
+    fn control_messages_read_back_as_written() {
+        let c = v4_gso_control(1408, 0x20, 9, Ipv4Addr::new(192, 0, 2, 1));
+        // SAFETY: plain old data; all-zero is valid.
+        let mut m: libc::msghdr = unsafe { mem::zeroed() };
+        m.msg_control = c.bytes().as_ptr() as *mut libc::c_void;
+        m.msg_controllen = c.bytes().len();
+        let ip = libc::IPPROTO_IP;
+        assert_eq!(
+            cmsg::<u16>(&m, libc::IPPROTO_UDP, sys::UDP_SEGMENT),
+            Some(1408)
+        );
+        assert_eq!(cmsg::<libc::c_int>(&m, ip, libc::IP_TOS), Some(0x20));
+        assert_eq!(cmsg::<libc::c_int>(&m, ip, libc::IP_TTL), Some(9));
+        let pi = cmsg::<libc::in_pktinfo>(&m, ip, libc::IP_PKTINFO).unwrap();
+        assert_eq!(u32::from_be(pi.ipi_spec_dst.s_addr), 0xc000_0201);
+        let none = v4_gso_control(1408, 0, 64, Ipv4Addr::UNSPECIFIED);
+        m.msg_control = none.bytes().as_ptr() as *mut libc::c_void;
+        m.msg_controllen = none.bytes().len();
+        assert!(cmsg::<libc::in_pktinfo>(&m, ip, libc::IP_PKTINFO).is_none());
+        let src: Ipv6Addr = "2001:db8::1".parse().unwrap();
+        let c6 = v6_control(0x28, 7, src);
+        m.msg_control = c6.bytes().as_ptr() as *mut libc::c_void;
+        m.msg_controllen = c6.bytes().len();
+        let ip6 = libc::IPPROTO_IPV6;
+        assert_eq!(cmsg::<libc::c_int>(&m, ip6, libc::IPV6_TCLASS), Some(0x28));
+        assert_eq!(cmsg::<libc::c_int>(&m, ip6, libc::IPV6_HOPLIMIT), Some(7));
+        let pi6 = cmsg::<libc::in6_pktinfo>(&m, ip6, libc::IPV6_PKTINFO).unwrap();
+        assert_eq!(Ipv6Addr::from(pi6.ipi6_addr.s6_addr), src);
+    }
+
+    /// The source-port pool: never opened for IPv6; over IPv4 distinct dynamic-range
+    /// ports, one per flow, the same whether the flow's packet goes raw or as GSO.
+    #[test]
+    fn source_ports_come_from_the_pool_only_over_ipv4() {
+        let tx = TunnelTx::open().unwrap();
+        let f = frame(80);
+        assert_eq!(tx.vxlan_source_port(true, &f), tunnel::entropy_port(&f));
+        assert!(tx.pool.get().is_none(), "IPv6 opened the IPv4 pool");
+        let port = tx.vxlan_source_port(false, &f);
+        let pool = tx.pool.get().unwrap();
+        assert_eq!(pool.len(), POOL_SIZE);
+        let mut ports: Vec<u16> = pool.iter().map(|(p, _)| *p).collect();
+        ports.sort_unstable();
+        ports.dedup();
+        assert_eq!(ports.len(), POOL_SIZE);
+        assert!(ports.iter().all(|p| *p >= 49152));
+        assert!(ports.contains(&port));
+        assert_eq!(tx.vxlan_source_port(false, &f), port, "one flow, one port");
+        assert_eq!(tx.pool_socket(&f).unwrap().0, port, "GSO sends from it too");
+        // Flows spread over the pool.
+        let used: std::collections::HashSet<u16> = (0..200)
+            .map(|p| tx.vxlan_source_port(false, &frame(p)))
+            .collect();
+        assert!(used.len() > POOL_SIZE / 2, "{} ports used", used.len());
     }
 }
