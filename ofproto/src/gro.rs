@@ -148,10 +148,10 @@ pub fn merge_tcp(
     let first = &data[..seg];
     let lay = layout(&first[skip..])?;
     let hl = lay.hl;
-    let mss = seg - skip - hl;
     if seg <= skip + hl {
         return Err(Unmergeable("no payload"));
     }
+    let mss = seg - skip - hl;
     let inner0 = &first[skip..];
     let flags0 = inner0[lay.l4 + 13];
     let seq0 = be32(inner0, lay.l4 + 4);
@@ -200,7 +200,8 @@ pub fn merge_tcp(
         last_flags = f;
     }
     let frame = at + skip;
-    if lay.l4 - ETH_LEN + (hl - lay.l4) + total > 0xffff {
+    // IP and TCP headers and the payload must fit one IP length field.
+    if hl - ETH_LEN + total > 0xffff {
         return Err(Unmergeable("too long for one IP packet"));
     }
     // Move every later segment's payload up behind the one before it.
@@ -244,6 +245,7 @@ pub fn merge_tcp(
 mod tests {
     use super::*;
     use crate::gso;
+    use proptest::prelude::*;
 
     const VX: [u8; 8] = [0x08, 0, 0, 0, 0, 0x13, 0x89, 0];
 
@@ -361,5 +363,72 @@ mod tests {
         assert!(merge_tcp(&mut one, 16, seg, seg, 8).is_err());
         let mut b = buf[15..].to_vec();
         assert!(merge_tcp(&mut b, 1, len, seg, 8).is_err());
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// Whatever a peer sends — any bytes, any segment size — merging never
+        /// panics, and a refusal leaves the buffer as it was.
+        #[test]
+        fn hostile_datagrams_never_panic_and_refusals_change_nothing(
+            bytes in proptest::collection::vec(any::<u8>(), 0..3000),
+            at in 0usize..20,
+            seg in 0usize..1600,
+        ) {
+            let mut buf = bytes.clone();
+            let len = buf.len().saturating_sub(at);
+            if merge_tcp(&mut buf, at, len, seg, 8).is_err() {
+                prop_assert_eq!(buf, bytes);
+            }
+        }
+
+        /// Any super-frame, cut at any MSS by our segmentation, merges back whole.
+        #[test]
+        fn any_segmented_super_frame_merges_back(
+            v4 in any::<bool>(),
+            payload in 2usize..20_000,
+            mss in 536usize..1460,
+            psh in any::<bool>(),
+        ) {
+            let (f, mut hdr) = super_frame(v4, payload, 0x10 | if psh { TCP_PSH } else { 0 });
+            hdr.gso_size = mss as u16;
+            prop_assume!(payload > mss);
+            let (mut buf, len, seg) = coalesced(&f, &hdr, 16);
+            let r = merge_tcp(&mut buf, 16, len, seg, 8).unwrap();
+            let got = &buf[r];
+            prop_assert_eq!(VnetHdr::parse(got[..VNET_HDR_LEN].try_into().unwrap()), hdr);
+            prop_assert_eq!(&got[VNET_HDR_LEN..], &f[..]);
+        }
+
+        /// A mangled byte anywhere in a later segment either still merges into a
+        /// frame of valid checksum (a field merging rewrites anyway) or is refused
+        /// with the buffer untouched — never a merged frame hiding bad data.
+        #[test]
+        fn a_mangled_segment_is_never_merged_silently(
+            at_frac in 0.0f64..1.0,
+            bits in 1u8..=255,
+        ) {
+            let (f, hdr) = super_frame(true, 1398 * 3, 0x18);
+            let (buf, len, seg) = coalesced(&f, &hdr, 16);
+            let mut b = buf.clone();
+            let at = 16 + seg + ((len - seg) as f64 * at_frac) as usize;
+            b[at] ^= bits;
+            let before = b.clone();
+            match merge_tcp(&mut b, 16, len, seg, 8) {
+                Err(_) => prop_assert_eq!(b, before),
+                Ok(r) => {
+                    // Only a segment's IP ID or IP checksum may differ: the merge
+                    // keeps the first's ID and recomputes the checksum. (A mangled TCP
+                    // checksum must be refused: the payload is not verified otherwise.)
+                    let off = (at - 16) % seg;
+                    prop_assert!(
+                        [8 + 18, 8 + 19, 8 + 24, 8 + 25].contains(&off),
+                        "merged with byte {} (segment offset {}) mangled", at, off
+                    );
+                    prop_assert_eq!(&b[r][VNET_HDR_LEN..], &f[..]);
+                }
+            }
+        }
     }
 }

@@ -179,28 +179,33 @@ struct Carry {
     items: VecDeque<Carried>,
 }
 
-struct Carried {
+/// Where a received datagram came from and went to, and how it was coalesced.
+#[derive(Clone, Copy)]
+struct Arrival {
     src: IpAddr,
     dst: IpAddr,
     /// Segment size of a coalesced datagram; 0 for a single datagram.
     gso: usize,
+}
+
+struct Carried {
+    arrival: Arrival,
+    /// Its bytes in the carry's buffer.
     start: usize,
     len: usize,
-    /// Known not to merge: deliver one segment at a time.
+    /// Known not to merge: delivered one segment at a time.
     split: bool,
 }
 
 impl Carry {
-    fn push(&mut self, src: IpAddr, dst: IpAddr, gso: usize, bytes: &[u8]) {
+    fn push(&mut self, arrival: Arrival, bytes: &[u8], split: bool) {
         let start = self.buf.len();
         self.buf.extend_from_slice(bytes);
         self.items.push_back(Carried {
-            src,
-            dst,
-            gso,
+            arrival,
             start,
             len: bytes.len(),
-            split: false,
+            split,
         });
     }
 }
@@ -289,17 +294,19 @@ impl TunnelRx {
         let n = recv_batch(self.fd.as_raw_fd(), rx, RX_AT, |rx, i, m, name| {
             let len = (m.msg_len as usize).min(BUF_SIZE - RX_AT);
             let truncated = m.msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
-            let (src, dst, gso) = (addr_of(name), pktinfo_dst(&m.msg_hdr), gro_size(&m.msg_hdr));
+            let arrival = Arrival {
+                src: addr_of(name),
+                dst: pktinfo_dst(&m.msg_hdr),
+                gso: gro_size(&m.msg_hdr),
+            };
+            let base = i * BUF_SIZE + RX_AT;
             if cut.is_some() {
-                let base = i * BUF_SIZE + RX_AT;
-                carry.push(src, dst, gso, &rx.storage[base..base + len]);
+                carry.push(arrival, &rx.storage[base..base + len], false);
                 rx.set_stored(i, RX_AT, 0);
                 return;
             }
-            if let Some(rest) = self.settle(rx, i, len, src, dst, gso, &mut meta[i]) {
-                let base = i * BUF_SIZE + RX_AT;
-                carry.push(src, dst, gso, &rx.storage[base + rest..base + len]);
-                carry.items.back_mut().unwrap().split = true;
+            if let Some(rest) = self.settle(rx, i, len, arrival, &mut meta[i]) {
+                carry.push(arrival, &rx.storage[base + rest..base + len], true);
                 cut = Some(i);
             }
             rx.truncated[i] = truncated;
@@ -320,29 +327,26 @@ impl TunnelRx {
             let Some(it) = carry.items.front_mut() else {
                 break;
             };
-            let whole = it.gso == 0 || it.len <= it.gso || !it.split;
-            let take = if whole { it.len } else { it.gso };
+            // A datagram not yet tried whole (it may merge); else its next segment.
+            let (take, gso) = if it.split {
+                (it.len.min(it.arrival.gso), 0)
+            } else {
+                (it.len, it.arrival.gso)
+            };
             let base = filled * BUF_SIZE + RX_AT;
             rx.storage[base..base + take].copy_from_slice(&carry.buf[it.start..it.start + take]);
-            let gso = if whole { it.gso } else { 0 };
-            let (src, dst) = (it.src, it.dst);
-            let rest = self.settle(rx, filled, take, src, dst, gso, &mut meta[filled]);
-            match rest {
-                Some(rest) => {
-                    it.start += rest;
-                    it.len -= rest;
+            let arrival = Arrival { gso, ..it.arrival };
+            let done = match self.settle(rx, filled, take, arrival, &mut meta[filled]) {
+                Some(first) => {
                     it.split = true;
+                    first
                 }
-                None if whole => {
-                    carry.items.pop_front();
-                }
-                None => {
-                    it.start += take;
-                    it.len -= take;
-                    if it.len == 0 {
-                        carry.items.pop_front();
-                    }
-                }
+                None => take,
+            };
+            it.start += done;
+            it.len -= done;
+            if it.len == 0 {
+                carry.items.pop_front();
             }
             filled += 1;
         }
@@ -353,21 +357,18 @@ impl TunnelRx {
         filled
     }
 
-    /// Decapsulates the `len`-byte packet read into slot `i` at [`RX_AT`], from `src`
-    /// to `dst`. A coalesced VXLAN datagram (`gso` > 0: its segment size) becomes one
-    /// merged frame when it can; when it cannot, the slot takes its first segment and
-    /// the result says where the rest starts.
-    #[allow(clippy::too_many_arguments)]
+    /// Decapsulates the `len`-byte packet read into slot `i` at [`RX_AT`]. A
+    /// coalesced VXLAN datagram becomes one merged frame when it can; when it cannot,
+    /// the slot takes its first segment and the result says where the rest starts.
     fn settle(
         &self,
         rx: &mut RxBatch,
         i: usize,
         len: usize,
-        src: IpAddr,
-        dst: IpAddr,
-        gso: usize,
+        arrival: Arrival,
         meta: &mut RxMeta,
     ) -> Option<usize> {
+        let Arrival { src, dst, gso } = arrival;
         let mut len = len;
         let mut rest = None;
         if self.kind == TunnelKind::Vxlan && gso > 0 && len > gso {
