@@ -17,7 +17,8 @@ million packets delivered, and its RSS (idle and after the runs). Before each ru
 the machine's idle CPU is sampled; a run that starts on a busy machine is flagged.
 
 With --kinds vxlan-vswitchd,vxlan-kernel,vxlan-ovs, A and B sit behind two hypervisor
-namespaces joined by an underlay veth and the switches tunnel over VXLAN.
+namespaces joined by an underlay veth and the switches tunnel over VXLAN (over IPv6
+with --underlay6).
 
 Traffic stays between the namespaces this script creates. Run as root:  sudo bench/run.py
 """
@@ -59,6 +60,11 @@ VXLAN_KINDS = ["vxlan-vswitchd", "vxlan-kernel", "vxlan-ovs"]
 # `vxlan-vswitchd-base`: vxlan-vswitchd from the binaries in --base-bin (before/after).
 HV1, HV2 = f"vsb-h1-{PID}", f"vsb-h2-{PID}"
 UL1, UL2 = "192.168.199.1", "192.168.199.2"
+UL_PREFIX = 24
+# The inner MTU a 1500-byte underlay leaves: 50 bytes of VXLAN over IPv4, 70 over IPv6.
+INNER_MTU = 1450
+# --underlay6: the hypervisors' underlay is IPv6 (vxlan-vswitchd and vxlan-kernel).
+UNDERLAY6 = False
 # vswitchd --busy-poll-us for the runs (None: the daemon's default); see --busy-poll-us.
 BUSY_POLL_US = None
 # --pin: the traffic's ends (generator, sinks, iperf3, ping-pong) on CPU 0 and every
@@ -161,16 +167,18 @@ class Topology:
         for hv in (HV1, HV2):
             sh(f"ip netns add {hv}")
             ns(hv, "ip link set lo up")
+            if UNDERLAY6:
+                ns(hv, "sysctl -qw net.ipv6.conf.all.disable_ipv6=0 net.ipv6.conf.default.disable_ipv6=0")
         sh(f"ip link add u1 netns {HV1} type veth peer name u2 netns {HV2}")
         for hv, link, ip in ((HV1, "u1", UL1), (HV2, "u2", UL2)):
-            ns(hv, f"ip addr add {ip}/24 dev {link}")
+            ns(hv, f"ip addr add {ip}/{UL_PREFIX} dev {link}" + (" nodad" if UNDERLAY6 else ""))
             ns(hv, f"ip link set {link} up")
         for link, hv in ((VA, HV1), (VB, HV2)):
             sh(f"ip link set {link} netns {hv}")
-            ns(hv, f"ip link set {link} mtu 1450")
+            ns(hv, f"ip link set {link} mtu {INNER_MTU}")
             ns(hv, f"ip link set {link} up")
         for n in (NS_A, NS_B):
-            ns(n, "ip link set eth0 mtu 1450")
+            ns(n, f"ip link set eth0 mtu {INNER_MTU}")
 
     def up_vxlan_vswitchd(self, bin_dir=None):
         b = bin_dir or BIN
@@ -205,6 +213,8 @@ class Topology:
             ns(hv, "ip link set kbr up")
 
     def up_vxlan_ovs(self):
+        if UNDERLAY6:
+            raise RuntimeError("vxlan-ovs: --underlay6 is not built for Open vSwitch here")
         self._hypervisors()
         for i, (hv, ul, link, ip, remote) in enumerate(((HV1, "u1", VA, UL1, UL2), (HV2, "u2", VB, UL2, UL1))):
             t = os.path.join(self.tmp, f"ovs{i}")
@@ -477,6 +487,8 @@ def run_one(kind, args):
                     sh(f"taskset -a -p -c 1 {pid}")
         res = {"kind": kind, "noisy": noise > 0.10, "idle_busy": round(noise, 3), "pinned": PIN,
                "raw_gen": RAW_GEN}
+        if kind.startswith("vxlan"):
+            res["underlay"] = "ipv6" if UNDERLAY6 else "ipv4"
         if t.pid:
             time.sleep(0.5)
             res["rss_idle_kib"] = sum(rss_kib(p) for p in [t.pid] + t.more_pids)
@@ -584,6 +596,8 @@ def main():
                     help="traffic ends on CPU 0, the switch's threads on CPU 1 (a dedicated datapath core)")
     ap.add_argument("--raw-gen", action="store_true",
                     help="64 B UDP from an AF_PACKET generator (no sending UDP/IP stack): offers more per core")
+    ap.add_argument("--underlay6", action="store_true",
+                    help="vxlan-* kinds: an IPv6 underlay between the hypervisors (inner MTU 1430)")
     ap.add_argument("--show", metavar="TIME",
                     help="print the table of an earlier run from --results (its \"time\" stamp) and exit")
     args = ap.parse_args()
@@ -595,7 +609,10 @@ def main():
         print(summary(runs, args.results))
         print(table(runs, list(dict.fromkeys(r["kind"] for r in runs))))
         return
-    global BUSY_POLL_US, BASE_BIN, PROFILE, PIN, RAW_GEN
+    global BUSY_POLL_US, BASE_BIN, PROFILE, PIN, RAW_GEN, UNDERLAY6, UL1, UL2, UL_PREFIX, INNER_MTU
+    if args.underlay6:
+        UNDERLAY6 = True
+        UL1, UL2, UL_PREFIX, INNER_MTU = "fd00:199::1", "fd00:199::2", 64, 1430
     BASE_BIN = args.base_bin
     PIN = args.pin
     RAW_GEN = args.raw_gen
@@ -655,6 +672,7 @@ def summary(runs, results):
             f"median hypervisor steal {steal:.0%}"
             + ("; pinned: traffic on CPU 0, the switch on CPU 1" if r0.get("pinned") else "")
             + ("; AF_PACKET generator" if r0.get("raw_gen") else "")
+            + ("; IPv6 underlay" if r0.get("underlay") == "ipv6" else "")
             + (f"; {noisy} of {len(runs)} run(s) noisy (busy before, or steal > 5%), see {results}" if noisy else ""))
 
 

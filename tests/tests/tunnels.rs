@@ -71,16 +71,26 @@ fn vm(tag: &str, ip: &str, hv: &Hv) -> Host {
     h
 }
 
-/// The first IPv4 VXLAN packet (UDP to 4789) from `src` longer than `min_len` that
-/// link `ul` in `ns` carries within `tries` receives; the capture is open when this
-/// returns.
+/// Where the UDP header of a VXLAN packet starts behind Ethernet and IPv4 or IPv6.
+fn udp_at(frame: &[u8]) -> usize {
+    if frame[12..14] == [0x86, 0xdd] {
+        14 + 40
+    } else {
+        14 + 20
+    }
+}
+
+/// The first VXLAN packet (UDP to 4789) from `src` (IPv4 or IPv6) longer than
+/// `min_len` that link `ul` in `ns` carries within `tries` receives; the capture is
+/// open when this returns.
 fn capture_vxlan(
     ns: &Netns,
     ul: &str,
-    src: [u8; 4],
+    src: std::net::IpAddr,
     min_len: usize,
     tries: usize,
 ) -> std::thread::JoinHandle<Option<Vec<u8>>> {
+    use std::net::IpAddr;
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let ul = ul.to_string();
     let cap = ns.spawn(move || {
@@ -88,8 +98,13 @@ fn capture_vxlan(
         ready_tx.send(()).unwrap();
         (0..tries).find_map(|_| {
             s.recv().filter(|f| {
-                let udp = f.len() > min_len && f[12..14] == [8, 0] && f[23] == 17;
-                udp && f[26..30] == src && f[36..38] == [0x12, 0xb5]
+                let from = match src {
+                    IpAddr::V4(a) => f[12..14] == [8, 0] && f[23] == 17 && f[26..30] == a.octets(),
+                    IpAddr::V6(a) => {
+                        f[12..14] == [0x86, 0xdd] && f[20] == 17 && f[22..38] == a.octets()
+                    }
+                };
+                f.len() > min_len && from && f[udp_at(f) + 2..udp_at(f) + 4] == [0x12, 0xb5]
             })
         })
     });
@@ -97,18 +112,25 @@ fn capture_vxlan(
     cap
 }
 
-/// The outer headers as sent by a port with `tos=0x20 ttl=9`: TOS and TTL as
-/// configured, don't-fragment, a source port in the dynamic range, the VNI.
+/// The outer headers as sent by a port with `tos=0x20 ttl=9`: traffic class and
+/// hop limit as configured, don't-fragment (IPv4; IPv6 routers never fragment), a
+/// source port in the dynamic range, the VNI.
 fn check_outer(outer: &[u8], vni: u32) {
-    assert_eq!((outer[15], outer[22]), (0x20, 9), "TOS, TTL");
-    assert_eq!(outer[20] & 0x40, 0x40, "don't fragment");
+    if outer[12..14] == [0x86, 0xdd] {
+        let tclass = (outer[14] << 4) | (outer[15] >> 4);
+        assert_eq!((tclass, outer[21]), (0x20, 9), "traffic class, hop limit");
+    } else {
+        assert_eq!((outer[15], outer[22]), (0x20, 9), "TOS, TTL");
+        assert_eq!(outer[20] & 0x40, 0x40, "don't fragment");
+    }
+    let udp = udp_at(outer);
     assert!(
-        u16::from_be_bytes([outer[34], outer[35]]) >= 49152,
+        u16::from_be_bytes([outer[udp], outer[udp + 1]]) >= 49152,
         "source port"
     );
     let mut vx = [0x08, 0, 0, 0, 0, 0, 0, 0];
     vx[4..7].copy_from_slice(&vni.to_be_bytes()[1..]);
-    assert_eq!(&outer[42..50], &vx, "VXLAN header, VNI {vni}");
+    assert_eq!(&outer[udp + 8..udp + 16], &vx, "VXLAN header, VNI {vni}");
 }
 
 fn stat(hv: &Hv, br: &str, port: &str, what: &str) -> u64 {
@@ -142,7 +164,7 @@ fn vxlan_joins_vms_per_vni_and_drops_what_it_cannot_carry() {
     hv2.bridge(&a2, "vxa", "vxlan", &vx("192.168.50.1", 5001));
     hv2.bridge(&b2, "vxb", "vxlan", &vx("192.168.50.1", 5002));
 
-    let cap = capture_vxlan(&hv2.ns, &ul2, [192, 168, 50, 1], 50, 100);
+    let cap = capture_vxlan(&hv2.ns, &ul2, [192, 168, 50, 1].into(), 50, 100);
     assert!(a1.ping(&a2.ip), "VNI 5001 across hypervisors");
     let outer = cap
         .join()
@@ -695,23 +717,48 @@ fn link_stat(ns: &Netns, link: &str, what: &str) -> u64 {
 /// carry the port's TOS and TTL, don't-fragment, a dynamic source port and the VNI.
 #[test]
 fn vxlan_carries_tcp_super_frames_whole_across_the_underlay() {
+    super_frames_cross_whole(false);
+}
+
+/// The same over an IPv6 underlay (its own pool of sending sockets).
+#[test]
+fn vxlan_over_ipv6_carries_tcp_super_frames_whole() {
+    super_frames_cross_whole(true);
+}
+
+fn super_frames_cross_whole(v6: bool) {
     let (hv1, hv2) = (Hv::new("hv1"), Hv::new("hv2"));
-    let (ul1, _) = underlay(&hv1.ns, "192.168.61.1/24", &hv2.ns, "192.168.61.2/24");
+    let (ul1, _) = if v6 {
+        underlay6(&hv1.ns, "fd00:61::1/64", &hv2.ns, "fd00:61::2/64")
+    } else {
+        underlay(&hv1.ns, "192.168.61.1/24", &hv2.ns, "192.168.61.2/24")
+    };
+    let (ip1, ip2) = if v6 {
+        ("fd00:61::1", "fd00:61::2")
+    } else {
+        ("192.168.61.1", "192.168.61.2")
+    };
+    // The inner MTU the underlay's 1500 allows: 50 bytes of outer headers over
+    // IPv4, 70 over IPv6; the TCP payload of a segment is 40 bytes less.
+    let mtu = if v6 { 1430 } else { 1450 };
     let a1 = vm("a1", "10.0.61.1/24", &hv1);
     let a2 = vm("a2", "10.0.61.2/24", &hv2);
+    for h in [&a1, &a2] {
+        h.ns.exec_ok(&format!("ip link set eth0 mtu {mtu}"));
+    }
     let vx = |remote: &str| {
         vec![
             format!("options:remote_ip={remote}"),
             "options:key=61".to_string(),
         ]
     };
-    let mut opts = vx("192.168.61.2");
+    let mut opts = vx(ip2);
     opts.extend(["options:tos=0x20".to_string(), "options:ttl=9".to_string()]);
     hv1.bridge(&a1, "vx", "vxlan", &opts);
-    let br2 = hv2.bridge(&a2, "vx", "vxlan", &vx("192.168.61.1"));
+    let br2 = hv2.bridge(&a2, "vx", "vxlan", &vx(ip1));
     assert!(a1.ping(&a2.ip));
     // One GSO datagram as it crosses the underlay (a veth carries it unsegmented).
-    let cap = capture_vxlan(&hv1.ns, &ul1, [192, 168, 61, 1], 3000, 2000);
+    let cap = capture_vxlan(&hv1.ns, &ul1, ip1.parse().unwrap(), 3000, 2000);
     let sent_before = link_stat(&hv1.ns, &ul1, "tx_packets");
     let to_vm = |what| stat(&hv2, &br2, &a2.port, what);
     let (frames_before, bytes_before) = (to_vm("tx_packets"), to_vm("tx_bytes"));
@@ -722,7 +769,7 @@ fn vxlan_carries_tcp_super_frames_whole_across_the_underlay() {
         .unwrap()
         .expect("no GSO datagram on the underlay");
     check_outer(&outer, 61);
-    let segments = (len / 1398) as u64;
+    let segments = (len / (mtu - 52)) as u64;
     let underlay_packets = link_stat(&hv1.ns, &ul1, "tx_packets") - sent_before;
     assert!(
         underlay_packets * 4 < segments,

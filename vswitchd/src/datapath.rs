@@ -1064,7 +1064,7 @@ impl Worker {
     /// in order: where the tunnel allows it, the segments of one super-frame in one
     /// UDP GSO send; the frames between those batched with sendmmsg.
     fn send_tunnel(&mut self, t: &TunnelOut, q: &[TxItem]) -> TxResult {
-        let gso = t.cfg.kind == TunnelKind::Vxlan && !t.cfg.v6();
+        let gso = t.cfg.kind == TunnelKind::Vxlan;
         let n = self.seg_ranges.len();
         let mut res = TxResult::default();
         // Start of the finished frames not yet sent.
@@ -1086,7 +1086,11 @@ impl Worker {
                     dst: &dest(item.tun_dst, t.cfg.dst_port),
                     tos: t.cfg.tos,
                     ttl: t.cfg.ttl,
-                    src: t.cfg.local_v4(),
+                    src: if t.cfg.v6() {
+                        t.cfg.local_v6().into()
+                    } else {
+                        t.cfg.local_v4().into()
+                    },
                     vxlan: &vxlan_emit(item.tun_key),
                 };
                 let segs = &self.seg_ranges[i..j];

@@ -23,14 +23,16 @@
 //!   limit and source given per send as ancillary data, and `IPV6_DONTFRAG`. Each
 //!   message is two parts — outer headers and the inner frame — so the frame is not
 //!   copied.
-//! - VXLAN over IPv4 sends a segmented super-frame with one `sendmsg` of UDP GSO
-//!   (`UDP_SEGMENT`): one route lookup, one skb and one pass through the IP stack per
-//!   super-frame instead of per segment; a peer with `UDP_GRO` receives it as one
-//!   buffer. A UDP socket sends from the port it is bound to, so these go through a
-//!   pool of [`POOL_SIZE`] sockets bound to ports of the dynamic range, and every
-//!   VXLAN packet's source port (raw or GSO) is picked from the pool by the inner
-//!   flow's hash: one flow, one port, whichever way it leaves. They send with UDP
-//!   checksums, which GSO requires (the raw path sends none, as RFC 7348 allows).
+//! - VXLAN (over IPv4 and IPv6) sends a segmented super-frame with one `sendmsg` of
+//!   UDP GSO (`UDP_SEGMENT`): one route lookup, one skb and one pass through the IP
+//!   stack per super-frame instead of per segment; a peer with `UDP_GRO` receives it
+//!   as one buffer. A UDP socket sends from the port it is bound to, so these go
+//!   through a pool of [`POOL_SIZE`] sockets per IP version bound to ports of the
+//!   dynamic range, and every VXLAN packet's source port (raw or GSO) is picked from
+//!   its version's pool by the inner flow's hash: one flow, one port, whichever way
+//!   it leaves. They send with UDP checksums, which GSO requires (the raw IPv4 path
+//!   sends none, as RFC 7348 allows). GRE has no GSO for raw sockets: it goes
+//!   segment by segment, batched with `sendmmsg`.
 
 use std::collections::VecDeque;
 use std::io;
@@ -495,30 +497,48 @@ fn drop_everything(fd: RawFd) -> io::Result<()> {
     .map(|_| ())
 }
 
-/// UDP sockets in the pool VXLAN over IPv4 sends super-frames through (and takes
-/// its source ports from).
+/// UDP sockets in each pool (one per IP version) VXLAN sends super-frames through
+/// (and takes its source ports from).
 pub const POOL_SIZE: usize = 32;
 /// Segments one UDP GSO send may carry (the kernel's `UDP_MAX_SEGMENTS` has been
 /// 64 since Linux 5.0, 128 since 6.9).
 const GSO_MAX_SEGMENTS: usize = 64;
 /// The most UDP payload one send may carry: an IPv4 packet's 65535 bytes less the
-/// IPv4 and UDP headers.
+/// IPv4 and UDP headers (IPv6's limit, 65535 bytes after its header, is looser).
 const GSO_MAX_PAYLOAD: usize = 65_535 - 20 - 8;
 
-/// The raw sockets every tunnel port sends through, and the pool of UDP sockets
-/// VXLAN over IPv4 uses for UDP GSO (opened on first use, so a host without VXLAN
-/// ports holds no UDP ports).
+/// The raw sockets every tunnel port sends through, and the pools of UDP sockets
+/// VXLAN uses for UDP GSO, one per IP version (each opened on its first use, so a
+/// host without VXLAN ports over that version holds no UDP ports for it).
 pub struct TunnelTx {
     v4: OwnedFd,
     udp6: OwnedFd,
     gre6: OwnedFd,
-    pool: OnceLock<Vec<(u16, OwnedFd)>>,
+    /// Indexed by `v6 as usize`.
+    pools: [OnceLock<Vec<(u16, OwnedFd)>>; 2],
 }
 
-/// Opens up to `want` UDP sockets for sending, bound to distinct free ports of the
-/// dynamic range (49152–65535) from a varying start, each refusing everything it
-/// might receive. Ports someone else holds are skipped, never shared.
-fn open_pool(want: usize) -> Vec<(u16, OwnedFd)> {
+/// The sending half of a pool socket: it must not fragment (segments are sized by
+/// the device's MTU, as raw sends are) and never queues what it might receive.
+fn pool_setup(fd: RawFd, v6: bool) -> io::Result<()> {
+    drop_everything(fd)?;
+    if v6 {
+        sys::setsockopt(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, &1i32)?;
+        sys::setsockopt(fd, libc::IPPROTO_IPV6, libc::IPV6_DONTFRAG, &1i32)
+    } else {
+        sys::setsockopt(
+            fd,
+            libc::IPPROTO_IP,
+            libc::IP_MTU_DISCOVER,
+            &libc::IP_PMTUDISC_PROBE,
+        )
+    }
+}
+
+/// Opens up to `want` UDP sockets of one IP version for sending, bound to distinct
+/// free ports of the dynamic range (49152–65535) from a varying start, each refusing
+/// everything it might receive. Ports someone else holds are skipped, never shared.
+fn open_pool(v6: bool, want: usize) -> Vec<(u16, OwnedFd)> {
     let mut pool = Vec::with_capacity(want);
     let seed = std::process::id()
         ^ std::time::SystemTime::now()
@@ -529,23 +549,20 @@ fn open_pool(want: usize) -> Vec<(u16, OwnedFd)> {
             break;
         }
         let port = 49152 | ((seed.wrapping_add(k.wrapping_mul(97))) & 0x3fff) as u16;
-        let Ok(fd) = socket(libc::AF_INET, libc::SOCK_DGRAM, libc::IPPROTO_UDP) else {
+        let family = if v6 { libc::AF_INET6 } else { libc::AF_INET };
+        let Ok(fd) = socket(family, libc::SOCK_DGRAM, libc::IPPROTO_UDP) else {
             break;
         };
         let raw = fd.as_raw_fd();
-        // Don't fragment; sized by the device's MTU, as raw sends are.
-        let setup = drop_everything(raw).and_then(|_| {
-            sys::setsockopt(
-                raw,
-                libc::IPPROTO_IP,
-                libc::IP_MTU_DISCOVER,
-                &libc::IP_PMTUDISC_PROBE,
-            )
-        });
-        if setup.is_err() {
+        if pool_setup(raw, v6).is_err() {
             break;
         }
-        if bind(raw, &dest(Ipv4Addr::UNSPECIFIED.into(), port)).is_ok() {
+        let any: IpAddr = if v6 {
+            Ipv6Addr::UNSPECIFIED.into()
+        } else {
+            Ipv4Addr::UNSPECIFIED.into()
+        };
+        if bind(raw, &dest(any, port)).is_ok() {
             sys::big_buffers(raw, &[(libc::SO_SNDBUFFORCE, libc::SO_SNDBUF)]);
             pool.push((port, fd));
         }
@@ -558,8 +575,9 @@ pub struct GsoSend<'a> {
     pub dst: &'a Dest,
     pub tos: u8,
     pub ttl: u8,
-    /// The source address; unspecified: the kernel picks by route.
-    pub src: Ipv4Addr,
+    /// The source address, of the underlay's IP version; unspecified: the kernel
+    /// picks by route.
+    pub src: IpAddr,
     /// The VXLAN header every segment goes behind.
     pub vxlan: &'a [u8; tunnel::VXLAN_HDR_LEN],
 }
@@ -593,24 +611,24 @@ impl TunnelTx {
             v4,
             udp6,
             gre6,
-            pool: OnceLock::new(),
+            pools: [OnceLock::new(), OnceLock::new()],
         })
     }
 
-    /// The pool socket (and its port) the flow of `inner` sends from over IPv4;
-    /// `None` if no pool socket could be opened.
-    fn pool_socket(&self, inner: &[u8]) -> Option<&(u16, OwnedFd)> {
-        let pool = self.pool.get_or_init(|| open_pool(POOL_SIZE));
+    /// The pool socket (and its port) the flow of `inner` sends from over IPv6 or
+    /// IPv4; `None` if no pool socket could be opened.
+    fn pool_socket(&self, v6: bool, inner: &[u8]) -> Option<&(u16, OwnedFd)> {
+        let pool = self.pools[usize::from(v6)].get_or_init(|| open_pool(v6, POOL_SIZE));
         let e = usize::from(tunnel::entropy_port(inner));
         pool.get(e % pool.len().max(1))
     }
 
-    /// The UDP source port of a VXLAN packet carrying `inner`: over IPv4 the port of
-    /// the pool socket its flow's hash picks (so raw and GSO sends of one flow agree);
-    /// over IPv6 the hash itself (no pool is opened for it).
+    /// The UDP source port of a VXLAN packet carrying `inner`: the port of the pool
+    /// socket its flow's hash picks (so raw and GSO sends of one flow agree); the
+    /// hash itself if no pool socket could be opened.
     pub fn vxlan_source_port(&self, v6: bool, inner: &[u8]) -> u16 {
-        let pooled = if v6 { None } else { self.pool_socket(inner) };
-        pooled.map_or_else(|| tunnel::entropy_port(inner), |(port, _)| *port)
+        self.pool_socket(v6, inner)
+            .map_or_else(|| tunnel::entropy_port(inner), |(port, _)| *port)
     }
 
     /// Sends the segments of one super-frame (`segs`, ranges of `buf`), each behind
@@ -628,7 +646,8 @@ impl TunnelTx {
         iov: &mut Vec<libc::iovec>,
     ) -> Option<TxResult> {
         let first = segs.first()?.len();
-        let fd = self.pool_socket(&buf[segs[0].clone()])?.1.as_raw_fd();
+        let v6 = g.src.is_ipv6();
+        let fd = self.pool_socket(v6, &buf[segs[0].clone()])?.1.as_raw_fd();
         if segs.len() < 2 || segs[..segs.len() - 1].iter().any(|s| s.len() != first) {
             return None;
         }
@@ -637,7 +656,7 @@ impl TunnelTx {
         if per_send < 2 {
             return None;
         }
-        let ctrl = v4_gso_control(seg as u16, g.tos, g.ttl, g.src);
+        let ctrl = gso_control(seg as u16, g.tos, g.ttl, g.src);
         let mut r = TxResult::default();
         for chunk in segs.chunks(per_send) {
             iov.clear();
@@ -743,11 +762,19 @@ impl Cmsgs {
     }
 }
 
-/// Ancillary data for a UDP GSO send over IPv4: segment size, TOS, TTL and (when
-/// given) the source address.
-fn v4_gso_control(gso: u16, tos: u8, ttl: u8, src: Ipv4Addr) -> Cmsgs {
+/// Ancillary data for a UDP GSO send: segment size, then the traffic class, hop
+/// limit and source address of `src`'s IP version.
+fn gso_control(gso: u16, tos: u8, ttl: u8, src: IpAddr) -> Cmsgs {
+    match src {
+        IpAddr::V4(src) => v4_control(tos, ttl, src),
+        IpAddr::V6(src) => v6_control(tos, ttl, src),
+    }
+    .with(libc::IPPROTO_UDP, sys::UDP_SEGMENT, gso)
+}
+
+/// Ancillary data for an IPv4 send: TOS, TTL and (when given) the source address.
+fn v4_control(tos: u8, ttl: u8, src: Ipv4Addr) -> Cmsgs {
     let c = Cmsgs::new()
-        .with(libc::IPPROTO_UDP, sys::UDP_SEGMENT, gso)
         .with(libc::IPPROTO_IP, libc::IP_TOS, libc::c_int::from(tos))
         .with(libc::IPPROTO_IP, libc::IP_TTL, libc::c_int::from(ttl));
     if src.is_unspecified() {
@@ -802,7 +829,7 @@ mod tests {
     /// What the kernel will read: each control message where CMSG_NXTHDR finds it.
     #[test]
     fn control_messages_read_back_as_written() {
-        let c = v4_gso_control(1408, 0x20, 9, Ipv4Addr::new(192, 0, 2, 1));
+        let c = gso_control(1408, 0x20, 9, Ipv4Addr::new(192, 0, 2, 1).into());
         // SAFETY: plain old data; all-zero is valid.
         let mut m: libc::msghdr = unsafe { mem::zeroed() };
         m.msg_control = c.bytes().as_ptr() as *mut libc::c_void;
@@ -816,44 +843,59 @@ mod tests {
         assert_eq!(cmsg::<libc::c_int>(&m, ip, libc::IP_TTL), Some(9));
         let pi = cmsg::<libc::in_pktinfo>(&m, ip, libc::IP_PKTINFO).unwrap();
         assert_eq!(u32::from_be(pi.ipi_spec_dst.s_addr), 0xc000_0201);
-        let none = v4_gso_control(1408, 0, 64, Ipv4Addr::UNSPECIFIED);
+        let none = gso_control(1408, 0, 64, Ipv4Addr::UNSPECIFIED.into());
         m.msg_control = none.bytes().as_ptr() as *mut libc::c_void;
         m.msg_controllen = none.bytes().len();
         assert!(cmsg::<libc::in_pktinfo>(&m, ip, libc::IP_PKTINFO).is_none());
         let src: Ipv6Addr = "2001:db8::1".parse().unwrap();
-        let c6 = v6_control(0x28, 7, src);
-        m.msg_control = c6.bytes().as_ptr() as *mut libc::c_void;
-        m.msg_controllen = c6.bytes().len();
         let ip6 = libc::IPPROTO_IPV6;
-        assert_eq!(cmsg::<libc::c_int>(&m, ip6, libc::IPV6_TCLASS), Some(0x28));
-        assert_eq!(cmsg::<libc::c_int>(&m, ip6, libc::IPV6_HOPLIMIT), Some(7));
-        let pi6 = cmsg::<libc::in6_pktinfo>(&m, ip6, libc::IPV6_PKTINFO).unwrap();
-        assert_eq!(Ipv6Addr::from(pi6.ipi6_addr.s6_addr), src);
+        for (c6, gso) in [
+            (v6_control(0x28, 7, src), None),
+            (gso_control(1388, 0x28, 7, src.into()), Some(1388)),
+        ] {
+            m.msg_control = c6.bytes().as_ptr() as *mut libc::c_void;
+            m.msg_controllen = c6.bytes().len();
+            assert_eq!(cmsg::<libc::c_int>(&m, ip6, libc::IPV6_TCLASS), Some(0x28));
+            assert_eq!(cmsg::<libc::c_int>(&m, ip6, libc::IPV6_HOPLIMIT), Some(7));
+            let pi6 = cmsg::<libc::in6_pktinfo>(&m, ip6, libc::IPV6_PKTINFO).unwrap();
+            assert_eq!(Ipv6Addr::from(pi6.ipi6_addr.s6_addr), src);
+            assert_eq!(cmsg::<u16>(&m, libc::IPPROTO_UDP, sys::UDP_SEGMENT), gso);
+        }
     }
 
-    /// The source-port pool: never opened for IPv6; over IPv4 distinct dynamic-range
-    /// ports, one per flow, the same whether the flow's packet goes raw or as GSO.
+    /// The source-port pools: one per IP version, each opened only by its own
+    /// version's first packet; distinct dynamic-range ports, one per flow, the same
+    /// whether the flow's packet goes raw or as GSO.
     #[test]
-    fn source_ports_come_from_the_pool_only_over_ipv4() {
-        let tx = TunnelTx::open().unwrap();
+    fn source_ports_come_from_the_pool_of_their_ip_version() {
         let f = frame(80);
-        assert_eq!(tx.vxlan_source_port(true, &f), tunnel::entropy_port(&f));
-        assert!(tx.pool.get().is_none(), "IPv6 opened the IPv4 pool");
-        let port = tx.vxlan_source_port(false, &f);
-        let pool = tx.pool.get().unwrap();
-        assert_eq!(pool.len(), POOL_SIZE);
-        let mut ports: Vec<u16> = pool.iter().map(|(p, _)| *p).collect();
-        ports.sort_unstable();
-        ports.dedup();
-        assert_eq!(ports.len(), POOL_SIZE);
-        assert!(ports.iter().all(|p| *p >= 49152));
-        assert!(ports.contains(&port));
-        assert_eq!(tx.vxlan_source_port(false, &f), port, "one flow, one port");
-        assert_eq!(tx.pool_socket(&f).unwrap().0, port, "GSO sends from it too");
-        // Flows spread over the pool.
-        let used: std::collections::HashSet<u16> = (0..200)
-            .map(|p| tx.vxlan_source_port(false, &frame(p)))
-            .collect();
-        assert!(used.len() > POOL_SIZE / 2, "{} ports used", used.len());
+        for v6 in [true, false] {
+            let tx = TunnelTx::open().unwrap();
+            let port = tx.vxlan_source_port(v6, &f);
+            assert!(
+                tx.pools[usize::from(!v6)].get().is_none(),
+                "a packet over IPv{} opened the other version's pool",
+                if v6 { 6 } else { 4 }
+            );
+            let pool = tx.pools[usize::from(v6)].get().unwrap();
+            assert_eq!(pool.len(), POOL_SIZE);
+            let mut ports: Vec<u16> = pool.iter().map(|(p, _)| *p).collect();
+            ports.sort_unstable();
+            ports.dedup();
+            assert_eq!(ports.len(), POOL_SIZE);
+            assert!(ports.iter().all(|p| *p >= 49152));
+            assert!(ports.contains(&port));
+            assert_eq!(tx.vxlan_source_port(v6, &f), port, "one flow, one port");
+            assert_eq!(
+                tx.pool_socket(v6, &f).unwrap().0,
+                port,
+                "GSO sends from it too"
+            );
+            // Flows spread over the pool.
+            let used: std::collections::HashSet<u16> = (0..200)
+                .map(|p| tx.vxlan_source_port(v6, &frame(p)))
+                .collect();
+            assert!(used.len() > POOL_SIZE / 2, "{} ports used", used.len());
+        }
     }
 }
