@@ -124,6 +124,17 @@ fn pseudo(inner: &[u8], lay: &Layout, l4_len: usize) -> u64 {
     }
 }
 
+/// Whether no merge can go past inner frame `inner`: a TCP segment carrying PSH or
+/// FIN (a merge ends with it) or SYN, RST or URG (never merged). A sender that
+/// batches one flow's frames into one UDP GSO datagram ends the batch after such a
+/// frame, so that the receiver's merge of the batch is not refused for it.
+pub fn ends_merge(inner: &[u8]) -> bool {
+    let Ok(lay) = layout(inner) else {
+        return false;
+    };
+    inner[lay.l4 + 13] & (TCP_PSH | TCP_FIN | TCP_SYN | TCP_RST | TCP_URG) != 0
+}
+
 /// Merges the coalesced datagram `buf[at..at + len]`, made of segments of `seg`
 /// bytes (the last may be shorter), each `skip` bytes of tunnel header that must be
 /// the same in all of them and then an inner frame. On success the result is the
@@ -248,6 +259,30 @@ mod tests {
     use proptest::prelude::*;
 
     const VX: [u8; 8] = [0x08, 0, 0, 0, 0, 0x13, 0x89, 0];
+
+    /// A merge ends at PSH/FIN and never includes SYN/RST/URG; plain data segments
+    /// and anything not TCP end nothing.
+    #[test]
+    fn merges_end_where_tcp_flags_say() {
+        for v4 in [true, false] {
+            for (flags, ends) in [
+                (0x10, false),
+                (0x10 | TCP_CWR, false),
+                (0x10 | TCP_PSH, true),
+                (0x10 | TCP_FIN, true),
+                (TCP_SYN, true),
+                (TCP_RST, true),
+                (0x10 | TCP_URG, true),
+            ] {
+                let (f, _) = super_frame(v4, 100, flags);
+                assert_eq!(ends_merge(&f), ends, "v4 {v4} flags {flags:#x}");
+            }
+        }
+        let (mut udp, _) = super_frame(true, 100, TCP_PSH);
+        udp[14 + 9] = 17;
+        assert!(!ends_merge(&udp));
+        assert!(!ends_merge(&[0u8; 20]));
+    }
 
     /// A TCP super-frame of `payload` bytes, partial checksum, as a stack sends it.
     fn super_frame(v4: bool, payload: usize, flags: u8) -> (Vec<u8>, VnetHdr) {

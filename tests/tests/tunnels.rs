@@ -783,6 +783,118 @@ fn super_frames_cross_whole(v6: bool) {
     );
 }
 
+/// Receives up to `count` UDP datagrams on `h`'s address, port `port` (waiting at
+/// most 5 s for each): their first bytes and sizes, in arrival order. The socket is
+/// bound when this returns.
+fn receive_udp(h: &Host, port: u16, count: usize) -> std::thread::JoinHandle<Vec<(u8, usize)>> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let ip = h.ip.clone();
+    let rcv = h.ns.spawn(move || {
+        let s = UdpSocket::bind((ip.as_str(), port)).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+            .unwrap();
+        ready_tx.send(()).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 2048];
+        while let Ok(n) = s.recv(&mut buf) {
+            got.push((buf[0], n));
+            if got.len() == count {
+                break;
+            }
+        }
+        got
+    });
+    ready_rx.recv().unwrap();
+    rcv
+}
+
+/// Stops a daemon this test started until dropped (even when the test fails).
+struct Frozen(i32);
+
+impl Frozen {
+    fn new(d: &Daemon) -> Frozen {
+        // SAFETY: a signal to the daemon this test started.
+        unsafe { libc::kill(d.pid(), libc::SIGSTOP) };
+        Frozen(d.pid())
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        // SAFETY: as in `Frozen::new`.
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
+    }
+}
+
+/// A burst of one flow's wire-sized frames — not a super-frame — leaves as UDP GSO
+/// datagrams of up to a batch of frames each, not one packet per frame: a VM's UDP
+/// stream (here) or TCP with its offloads off. The receiving daemon delivers every
+/// frame in order at its size; TCP from a VM without offloads arrives intact both
+/// ways.
+#[test]
+fn vxlan_sends_a_burst_of_one_flows_frames_as_gso_datagrams() {
+    let (hv1, hv2) = (Hv::new("hv1"), Hv::new("hv2"));
+    let (ul1, _) = underlay(&hv1.ns, "192.168.63.1/24", &hv2.ns, "192.168.63.2/24");
+    let a1 = vm("a1", "10.0.63.1/24", &hv1);
+    let a2 = vm("a2", "10.0.63.2/24", &hv2);
+    let vx = |remote: &str| {
+        vec![
+            format!("options:remote_ip={remote}"),
+            "options:key=63".to_string(),
+        ]
+    };
+    let br1 = hv1.bridge(&a1, "vx", "vxlan", &vx("192.168.63.2"));
+    hv2.bridge(&a2, "vx", "vxlan", &vx("192.168.63.1"));
+    assert!(a1.ping(&a2.ip));
+    // Datagram k starts with byte k; all 500 bytes but the last, 300.
+    const N: usize = 100;
+    let size = |k: usize| if k == N - 1 { 300 } else { 500 };
+    let rcv = receive_udp(&a2, 6363, N);
+    let before = link_stat(&hv1.ns, &ul1, "tx_packets");
+    // The sending daemon is frozen while the VM sends: the burst waits in its
+    // port's receive ring and is read a batch at a time.
+    let frozen = Frozen::new(&hv1.d);
+    let (src, dst) = (a1.ip.clone(), format!("{}:6363", a2.ip));
+    a1.ns.run(move || {
+        let s = UdpSocket::bind((src.as_str(), 0)).unwrap();
+        for k in 0..N {
+            s.send_to(&vec![k as u8; size(k)], &dst).unwrap();
+        }
+    });
+    drop(frozen);
+    let got = rcv.join().unwrap();
+    let want: Vec<(u8, usize)> = (0..N).map(|k| (k as u8, size(k))).collect();
+    assert_eq!(got, want, "every frame, in order, at its size");
+    let underlay_packets = link_stat(&hv1.ns, &ul1, "tx_packets") - before;
+    assert!(
+        underlay_packets * 4 <= N as u64,
+        "{underlay_packets} packets on the underlay for {N} frames: not sent as GSO"
+    );
+    // A burst too big for the underlay is refused frame by frame (each counted), and
+    // the shorter frame sent after it in the same run still arrives.
+    let errors = stat(&hv1, &br1, "vx", "tx_errors");
+    a1.ns.exec_ok("ip link set eth0 mtu 1500");
+    let rcv = receive_udp(&a2, 6364, 1);
+    let frozen = Frozen::new(&hv1.d);
+    let (src, dst) = (a1.ip.clone(), format!("{}:6364", a2.ip));
+    a1.ns.run(move || {
+        let s = UdpSocket::bind((src.as_str(), 0)).unwrap();
+        for _ in 0..10 {
+            s.send_to(&[1; 1472], &dst).unwrap();
+        }
+        s.send_to(&[2; 100], &dst).unwrap();
+    });
+    drop(frozen);
+    assert_eq!(rcv.join().unwrap(), [(2, 100)], "the short frame");
+    assert_eq!(stat(&hv1, &br1, "vx", "tx_errors") - errors, 10);
+    a1.ns.exec_ok("ip link set eth0 mtu 1450");
+    for h in [&a1, &a2] {
+        h.ns.exec_ok("ethtool -K eth0 tx off tso off gso off");
+    }
+    tcp_transfer(&a1, &a2, 8 << 20);
+    tcp_transfer(&a2, &a1, 8 << 20);
+}
+
 /// A coalesced VXLAN datagram whose segments are not one TCP stream (here inner UDP)
 /// is delivered segment by segment; two of them and a plain datagram after them
 /// arrive complete and in the order they were sent, whatever the batch boundaries.
@@ -817,39 +929,13 @@ fn vxlan_delivers_coalesced_datagrams_that_do_not_merge_in_order() {
         d.extend_from_slice(&f);
         d
     };
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let ip = a1.ip.clone();
-    let rcv = a1.ns.spawn(move || {
-        let s = UdpSocket::bind((ip.as_str(), 6262)).unwrap();
-        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
-            .unwrap();
-        ready_tx.send(()).unwrap();
-        let mut got = Vec::new();
-        let mut buf = [0u8; 2048];
-        while let Ok(n) = s.recv(&mut buf) {
-            got.push((buf[0], n));
-            if got.len() == 7 {
-                break;
-            }
-        }
-        got
-    });
-    ready_rx.recv().unwrap();
+    let rcv = receive_udp(&a1, 6262, 7);
     // Resolve the hypervisor's address first: only the datagrams cross after this.
     peer.exec_ok("ping -c 1 -W 2 192.168.62.1");
     let before = link_stat(&peer, &ulp, "tx_packets");
     // The daemon is frozen while they are sent, so one receive call finds all three
     // waiting: the first is cut into segments, the others wait behind it.
-    struct Thaw(i32);
-    impl Drop for Thaw {
-        fn drop(&mut self) {
-            // SAFETY: a signal to the daemon this test started (even if it failed).
-            unsafe { libc::kill(self.0, libc::SIGCONT) };
-        }
-    }
-    // SAFETY: as in `Thaw`.
-    unsafe { libc::kill(hv1.d.pid(), libc::SIGSTOP) };
-    let thaw = Thaw(hv1.d.pid());
+    let frozen = Frozen::new(&hv1.d);
     peer.run(|| {
         use std::os::fd::AsRawFd;
         let s = UdpSocket::bind("192.168.62.2:0").unwrap();
@@ -875,7 +961,7 @@ fn vxlan_delivers_coalesced_datagrams_that_do_not_merge_in_order() {
         }
         s.send_to(&inner(6, 50), "192.168.62.1:4789").unwrap();
     });
-    drop(thaw);
+    drop(frozen);
     // The two 3-segment datagrams crossed the underlay as one packet each.
     assert_eq!(link_stat(&peer, &ulp, "tx_packets") - before, 3);
     let got = rcv.join().unwrap();

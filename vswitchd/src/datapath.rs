@@ -34,11 +34,11 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use ofproto::ethernet::EthernetFrame;
-use ofproto::gso;
 use ofproto::mac_learning::{MacEntry, MacTable};
 use ofproto::normal::{normal, Normal};
 use ofproto::vlan::PortVlan;
 use ofproto::vnet_hdr::{VnetHdr, VNET_HDR_LEN};
+use ofproto::{gro, gso};
 use ofproto::{MacAddr, PortNo};
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
@@ -337,6 +337,8 @@ struct Worker {
     dests: Vec<Dest>,
     /// Per range in `seg_ranges`: the queued item it came from.
     seg_items: Vec<u16>,
+    /// Per range in `seg_ranges`, on a VXLAN port: its UDP source port.
+    sports: Vec<u16>,
     epoch: Instant,
     now: u64,
     last_expire: u64,
@@ -381,6 +383,7 @@ impl Worker {
             outer: Vec::with_capacity(PREALLOC_SEGMENTS * OUTER_STRIDE),
             dests: Vec::with_capacity(PREALLOC_SEGMENTS),
             seg_items: Vec::with_capacity(PREALLOC_SEGMENTS),
+            sports: Vec::with_capacity(PREALLOC_SEGMENTS),
             epoch: crate::pipeline::epoch(),
             now: 0,
             last_expire: 0,
@@ -1061,22 +1064,31 @@ impl Worker {
     }
 
     /// Sends the finished frames in `seg_buf` (see [`Worker::finish`]) on tunnel `t`,
-    /// in order: where the tunnel allows it, the segments of one super-frame in one
-    /// UDP GSO send; the frames between those batched with sendmmsg.
+    /// in order. Over VXLAN, each run of consecutive frames that share destination,
+    /// VNI and source port (one flow's) and size (the last may be shorter) goes as
+    /// one UDP GSO send: the segments of a super-frame, but also a burst of a flow's
+    /// wire-sized frames (TCP from a VM with offloads off, a UDP stream), which then
+    /// cross the sender's IP stack and the receiver's UDP socket once per run instead
+    /// of once per frame. Single frames and GRE are batched with sendmmsg.
     fn send_tunnel(&mut self, t: &TunnelOut, q: &[TxItem]) -> TxResult {
-        let gso = t.cfg.kind == TunnelKind::Vxlan;
+        let vxlan = t.cfg.kind == TunnelKind::Vxlan;
+        let v6 = t.cfg.v6();
         let n = self.seg_ranges.len();
+        // Each frame's UDP source port, once: it names the flow's pool socket too.
+        self.sports.clear();
+        if vxlan {
+            for r in &self.seg_ranges {
+                let port = t.tx.vxlan_source_port(v6, &self.seg_buf[r.clone()]);
+                self.sports.push(port);
+            }
+        }
         let mut res = TxResult::default();
         // Start of the finished frames not yet sent.
         let mut run = 0;
         let mut i = 0;
         while i < n {
-            // Frames i..j came from one queued frame.
-            let mut j = i + 1;
-            while j < n && self.seg_items[j] == self.seg_items[i] {
-                j += 1;
-            }
-            if gso && j - i >= 2 {
+            let j = if vxlan { self.gso_run(q, i) } else { n };
+            if j - i >= 2 {
                 if run < i {
                     res += self.send_tunnel_each(t, q, run..i);
                     run = i;
@@ -1086,7 +1098,7 @@ impl Worker {
                     dst: &dest(item.tun_dst, t.cfg.dst_port),
                     tos: t.cfg.tos,
                     ttl: t.cfg.ttl,
-                    src: if t.cfg.v6() {
+                    src: if v6 {
                         t.cfg.local_v6().into()
                     } else {
                         t.cfg.local_v4().into()
@@ -1094,9 +1106,9 @@ impl Worker {
                     vxlan: &vxlan_emit(item.tun_key),
                 };
                 let segs = &self.seg_ranges[i..j];
-                if let Some(r) = t.tx.send_gso(&g, &self.seg_buf, segs, &mut self.gso_iov) {
+                if let Some((r, done)) = t.tx.send_gso(&g, &self.seg_buf, segs, &mut self.gso_iov) {
                     res += r;
-                    run = j;
+                    run = i + done;
                 }
             }
             i = j;
@@ -1107,6 +1119,36 @@ impl Worker {
         res
     }
 
+    /// The end of the run of finished frames from `i` that can leave in one UDP GSO
+    /// send: the same destination, VNI and source port as frame `i`, the same size,
+    /// or shorter for the run's last; a TCP segment no receiver's merge goes past
+    /// (PSH, FIN, ...) ends the run too, so that one datagram is one merge.
+    fn gso_run(&self, q: &[TxItem], i: usize) -> usize {
+        let first = &q[usize::from(self.seg_items[i])];
+        let size = self.seg_ranges[i].len();
+        let ends = |k: usize| gro::ends_merge(&self.seg_buf[self.seg_ranges[k].clone()]);
+        if ends(i) {
+            return i + 1;
+        }
+        let mut j = i + 1;
+        while j < self.seg_ranges.len() {
+            let item = &q[usize::from(self.seg_items[j])];
+            let len = self.seg_ranges[j].len();
+            if self.sports[j] != self.sports[i]
+                || item.tun_dst != first.tun_dst
+                || item.tun_key != first.tun_key
+                || len > size
+            {
+                break;
+            }
+            j += 1;
+            if len < size || ends(j - 1) {
+                break;
+            }
+        }
+        j
+    }
+
     /// Sends finished frames `range` of `seg_buf` on tunnel `t`, each behind its
     /// outer headers, with one `sendmmsg` per [`BATCH`].
     fn send_tunnel_each(&mut self, t: &TunnelOut, q: &[TxItem], range: Range<usize>) -> TxResult {
@@ -1115,15 +1157,10 @@ impl Worker {
         let vxlan = t.cfg.kind == TunnelKind::Vxlan;
         self.outer.clear();
         self.dests.clear();
-        let ranges = &self.seg_ranges[range.clone()];
-        for (r, &item) in ranges.iter().zip(&self.seg_items[range]) {
-            let item = q[usize::from(item)];
-            let inner = &self.seg_buf[r.clone()];
-            let sport = if vxlan {
-                t.tx.vxlan_source_port(v6, inner)
-            } else {
-                0
-            };
+        for k in range.clone() {
+            let item = q[usize::from(self.seg_items[k])];
+            let inner = &self.seg_buf[self.seg_ranges[k].clone()];
+            let sport = if vxlan { self.sports[k] } else { 0 };
             let at = self.outer.len();
             self.outer.resize(at + OUTER_STRIDE, 0);
             t.cfg.write_outer(
@@ -1136,7 +1173,7 @@ impl Worker {
             self.dests.push(dest(item.tun_dst, 0));
         }
         let mut tx = TxBatch::new(std::mem::take(&mut self.tx_store));
-        for (i, r) in ranges.iter().enumerate() {
+        for (i, r) in self.seg_ranges[range].iter().enumerate() {
             let at = i * OUTER_STRIDE;
             tx.push_parts(&[&self.outer[at..at + len], &self.seg_buf[r.clone()]]);
         }

@@ -175,7 +175,6 @@ pub struct TunnelRx {
 /// a coalesced datagram delivered segment by segment, and whatever the same
 /// `recvmmsg` read after it (kept so that nothing overtakes it). Empty in steady
 /// state; its buffers are kept for reuse.
-#[derive(Default)]
 struct Carry {
     buf: Vec<u8>,
     items: VecDeque<Carried>,
@@ -200,6 +199,16 @@ struct Carried {
 }
 
 impl Carry {
+    /// A carry with room for what one receive call can leave over (its whole batch),
+    /// reserved up front so that the receive path never allocates; the memory
+    /// becomes resident only as it is first used.
+    fn new() -> Carry {
+        Carry {
+            buf: Vec::with_capacity(BATCH * BUF_SIZE),
+            items: VecDeque::with_capacity(BATCH),
+        }
+    }
+
     fn push(&mut self, arrival: Arrival, bytes: &[u8], split: bool) {
         let start = self.buf.len();
         self.buf.extend_from_slice(bytes);
@@ -251,7 +260,7 @@ impl TunnelRx {
             kind: TunnelKind::Vxlan,
             v6,
             fd,
-            carry: Mutex::default(),
+            carry: Mutex::new(Carry::new()),
         })
     }
 
@@ -268,7 +277,7 @@ impl TunnelRx {
             kind: TunnelKind::Gre,
             v6,
             fd,
-            carry: Mutex::default(),
+            carry: Mutex::new(Carry::new()),
         })
     }
 
@@ -631,20 +640,24 @@ impl TunnelTx {
             .map_or_else(|| tunnel::entropy_port(inner), |(port, _)| *port)
     }
 
-    /// Sends the segments of one super-frame (`segs`, ranges of `buf`), each behind
-    /// `g.vxlan`, with UDP GSO from the pool socket the flow's hash picks (the port
-    /// [`TunnelTx::vxlan_source_port`] gives its other packets): one `sendmsg` per up
-    /// to [`GSO_MAX_SEGMENTS`] segments or 64 KiB. Every segment but the last must be
-    /// the same size. `None`: this cannot go as GSO (no pool, or unequal segments);
-    /// the caller sends segment by segment. `iov` is the caller's reusable scratch
-    /// vector. Counts are per segment, bytes the inner frames'.
+    /// Sends frames `segs` (ranges of `buf`) that share a destination, VNI and
+    /// source port — the segments of one super-frame, or consecutive frames of one
+    /// flow — each behind `g.vxlan`, with UDP GSO from the pool socket their hash
+    /// picks (the port [`TunnelTx::vxlan_source_port`] gives them): one `sendmsg`
+    /// per up to [`GSO_MAX_SEGMENTS`] frames or 64 KiB. Every frame but the last
+    /// must be the same size. Returns the counts and how many of `segs` were dealt
+    /// with (sent, or dropped for want of room); the caller sends the rest one by
+    /// one, so that a refusal (a frame too big for the path, say) is counted per
+    /// frame and does not take a smaller frame sent with it down too. `None`: this
+    /// cannot go as GSO (no pool, or unequal frames). `iov` is the caller's reusable
+    /// scratch vector. Counts are per frame, bytes the inner frames'.
     pub fn send_gso(
         &self,
         g: &GsoSend<'_>,
         buf: &[u8],
         segs: &[Range<usize>],
         iov: &mut Vec<libc::iovec>,
-    ) -> Option<TxResult> {
+    ) -> Option<(TxResult, usize)> {
         let first = segs.first()?.len();
         let v6 = g.src.is_ipv6();
         let fd = self.pool_socket(v6, &buf[segs[0].clone()])?.1.as_raw_fd();
@@ -658,6 +671,7 @@ impl TunnelTx {
         }
         let ctrl = gso_control(seg as u16, g.tos, g.ttl, g.src);
         let mut r = TxResult::default();
+        let mut done = 0;
         for chunk in segs.chunks(per_send) {
             iov.clear();
             for s in chunk {
@@ -687,10 +701,11 @@ impl TunnelTx {
             } else if is_congestion(&io::Error::last_os_error()) {
                 r.dropped += n;
             } else {
-                r.errors += n;
+                break;
             }
+            done += chunk.len();
         }
-        Some(r)
+        Some((r, done))
     }
 
     /// Sends frame `i` of `tx` (outer headers of `outer_len` bytes, then the inner
