@@ -7,8 +7,12 @@
 //! segments of one TCP stream — what a sender's UDP GSO of one super-frame produces —
 //! they are merged into one frame with a virtio-net GSO header, so the rest of the
 //! path (the bridge, the AF_PACKET or TAP port to the VM, the VM's TCP) handles one
-//! frame instead of ~45. Anything else is refused, and the caller delivers the
-//! segments one by one.
+//! frame instead of ~45. Like Linux's GRO, a merge ends where the stream says so (a
+//! segment with PSH or FIN is the last merged) or where the next segment does not
+//! fit (a gap, other headers, a bad checksum): the segments merged so far are one
+//! frame and the caller tries the rest again — a burst the network coalesced across
+//! two super-frames becomes two. Fewer than two mergeable segments at the start are
+//! refused, and the caller delivers that segment on its own.
 //!
 //! The rules are Linux's `tcp_gro_receive`: identical tunnel, Ethernet, IP and TCP
 //! headers except lengths, IP ID, checksums and sequence; contiguous sequence
@@ -135,19 +139,29 @@ pub fn ends_merge(inner: &[u8]) -> bool {
     inner[lay.l4 + 13] & (TCP_PSH | TCP_FIN | TCP_SYN | TCP_RST | TCP_URG) != 0
 }
 
+/// A merge's result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Merged {
+    /// Where in the buffer the virtio-net header and the merged frame are.
+    pub frame: Range<usize>,
+    /// How many bytes of the datagram, from its start, the merge took: all of it, or
+    /// whole segments, the rest left as it was for the caller to try again.
+    pub used: usize,
+}
+
 /// Merges the coalesced datagram `buf[at..at + len]`, made of segments of `seg`
 /// bytes (the last may be shorter), each `skip` bytes of tunnel header that must be
-/// the same in all of them and then an inner frame. On success the result is the
-/// range of `buf` holding a virtio-net header and the merged frame; it starts
+/// the same in all of them and then an inner frame: as many segments from the first
+/// as make one stream's run (at least two). The merged frame starts
 /// `VNET_HDR_LEN - skip` bytes before `at`, which must be in `buf`. On failure the
-/// buffer is unchanged.
+/// buffer is unchanged; on success, so is every byte after the `used` ones.
 pub fn merge_tcp(
     buf: &mut [u8],
     at: usize,
     len: usize,
     seg: usize,
     skip: usize,
-) -> Result<Range<usize>, Unmergeable> {
+) -> Result<Merged, Unmergeable> {
     if at + skip < VNET_HDR_LEN || at + len > buf.len() {
         return Err(Unmergeable("no room for the virtio-net header"));
     }
@@ -169,46 +183,42 @@ pub fn merge_tcp(
     if flags0 & (TCP_SYN | TCP_RST | TCP_URG) != 0 {
         return Err(Unmergeable("SYN, RST or URG"));
     }
+    if flags0 & (TCP_PSH | TCP_FIN) != 0 {
+        return Err(Unmergeable("PSH or FIN on the first segment"));
+    }
     let base_flags = flags0 & !(TCP_CWR | TCP_PSH | TCP_FIN);
     let mut total = 0usize;
     let mut last_flags = 0;
+    // Segments merged: up to the first that cannot join, or through a PSH or FIN.
+    let mut m = n;
     for k in 0..n {
         let s = &data[k * seg..((k + 1) * seg).min(len)];
-        if s.len() <= skip + hl || s[..skip] != first[..skip] {
-            return Err(Unmergeable("different tunnel header or no payload"));
+        let ctx = JoinCtx {
+            first,
+            skip,
+            hl,
+            mss,
+            seq0: seq0.wrapping_add(total as u32),
+            base_flags,
+            lay: &lay,
+        };
+        if let Err(why) = joins(s, k, k + 1 == n, &ctx) {
+            if k < 2 {
+                return Err(why);
+            }
+            m = k;
+            break;
         }
         let inner = &s[skip..];
-        let payload = inner.len() - hl;
-        if k + 1 < n && payload != mss {
-            return Err(Unmergeable("segment sizes differ"));
+        total += inner.len() - hl;
+        last_flags = inner[lay.l4 + 13];
+        if last_flags & (TCP_PSH | TCP_FIN) != 0 {
+            m = k + 1;
+            break;
         }
-        // The IP length must cover exactly this segment (no padding, no truncation).
-        let ip_len = if lay.v4 {
-            usize::from(be16(inner, ETH_LEN + 2))
-        } else {
-            usize::from(be16(inner, ETH_LEN + 4)) + 40
-        };
-        if ip_len != inner.len() - ETH_LEN || !same_headers(inner0, inner, &lay) {
-            return Err(Unmergeable("headers differ"));
-        }
-        if be32(inner, lay.l4 + 4) != seq0.wrapping_add(total as u32) {
-            return Err(Unmergeable("sequence gap"));
-        }
-        let f = inner[lay.l4 + 13];
-        let extra = f & !(TCP_CWR | TCP_PSH | TCP_FIN);
-        if extra != base_flags
-            || (f & TCP_CWR != 0 && k != 0)
-            || (f & (TCP_PSH | TCP_FIN) != 0 && k + 1 != n)
-        {
-            return Err(Unmergeable("flags"));
-        }
-        let l4_len = inner.len() - lay.l4;
-        let sum = checksum::add(pseudo(inner, &lay, l4_len), &inner[lay.l4..]);
-        if checksum::finish(sum) != 0 {
-            return Err(Unmergeable("bad TCP checksum"));
-        }
-        total += payload;
-        last_flags = f;
+    }
+    if m < 2 {
+        return Err(Unmergeable("fewer than two segments"));
     }
     let frame = at + skip;
     // IP and TCP headers and the payload must fit one IP length field.
@@ -217,7 +227,7 @@ pub fn merge_tcp(
     }
     // Move every later segment's payload up behind the one before it.
     let mut w = frame + hl + mss;
-    for k in 1..n {
+    for k in 1..m {
         let from = at + k * seg + skip + hl;
         let end = (at + (k + 1) * seg).min(at + len);
         buf.copy_within(from..end, w);
@@ -249,7 +259,60 @@ pub fn merge_tcp(
     };
     let v = frame - VNET_HDR_LEN;
     hdr.emit((&mut buf[v..frame]).try_into().unwrap());
-    Ok(v..w)
+    Ok(Merged {
+        frame: v..w,
+        used: if m == n { len } else { m * seg },
+    })
+}
+
+/// What a segment is checked against to join a merge.
+struct JoinCtx<'a> {
+    /// The first segment, tunnel header included.
+    first: &'a [u8],
+    skip: usize,
+    hl: usize,
+    mss: usize,
+    /// The sequence number this segment must start at.
+    seq0: u32,
+    /// The first segment's flags but CWR, PSH and FIN.
+    base_flags: u8,
+    lay: &'a Layout,
+}
+
+/// Whether segment `k` (tunnel header included; `last`: the datagram's last) can
+/// join the merge: Linux's `tcp_gro_receive` rules, and its TCP checksum verified.
+fn joins(s: &[u8], k: usize, last: bool, c: &JoinCtx<'_>) -> Result<(), Unmergeable> {
+    let (skip, hl, lay) = (c.skip, c.hl, c.lay);
+    if s.len() <= skip + hl || s[..skip] != c.first[..skip] {
+        return Err(Unmergeable("different tunnel header or no payload"));
+    }
+    let inner = &s[skip..];
+    // Only the datagram's last segment may be shorter (UDP GSO cuts equal sizes).
+    if !last && inner.len() - hl != c.mss {
+        return Err(Unmergeable("segment sizes differ"));
+    }
+    // The IP length must cover exactly this segment (no padding, no truncation).
+    let ip_len = if lay.v4 {
+        usize::from(be16(inner, ETH_LEN + 2))
+    } else {
+        usize::from(be16(inner, ETH_LEN + 4)) + 40
+    };
+    if ip_len != inner.len() - ETH_LEN || !same_headers(&c.first[skip..], inner, lay) {
+        return Err(Unmergeable("headers differ"));
+    }
+    if be32(inner, lay.l4 + 4) != c.seq0 {
+        return Err(Unmergeable("sequence gap"));
+    }
+    let f = inner[lay.l4 + 13];
+    if f & !(TCP_CWR | TCP_PSH | TCP_FIN) != c.base_flags || (f & TCP_CWR != 0 && k != 0) {
+        return Err(Unmergeable("flags"));
+    }
+    let l4_len = inner.len() - lay.l4;
+    let sum = checksum::add(pseudo(inner, lay, l4_len), &inner[lay.l4..]);
+    if checksum::finish(sum) != 0 {
+        return Err(Unmergeable("bad TCP checksum"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -353,7 +416,8 @@ mod tests {
                 let (f, hdr) = super_frame(v4, payload, flags | TCP_CWR);
                 let (mut buf, len, seg) = coalesced(&f, &hdr, 16);
                 let r = merge_tcp(&mut buf, 16, len, seg, VX.len()).unwrap();
-                let got = &buf[r];
+                assert_eq!(r.used, len);
+                let got = &buf[r.frame];
                 let h = VnetHdr::parse(got[..VNET_HDR_LEN].try_into().unwrap());
                 assert_eq!(h, hdr, "v4 {v4} payload {payload}");
                 assert_eq!(&got[VNET_HDR_LEN..], &f[..], "v4 {v4} payload {payload}");
@@ -361,21 +425,22 @@ mod tests {
         }
     }
 
-    /// Anything that is not one stream's consecutive segments is refused and the
-    /// buffer left as it was.
+    /// Anything that does not start as one stream's two consecutive segments is
+    /// refused and the buffer left as it was.
     #[test]
     fn refuses_what_is_not_one_stream_and_changes_nothing() {
         let (f, hdr) = super_frame(true, 1398 * 4, 0x18);
         let (buf, len, seg) = coalesced(&f, &hdr, 16);
         let l4 = 16 + 8 + 34;
-        // (why, byte, bits flipped)
+        // (why, byte, bits flipped), in the first two segments
         let cases = [
-            ("sequence gap", seg * 2 + l4 + 7, 1),
-            ("bad TCP checksum", seg * 3 - 1, 1),
+            ("sequence gap", seg + l4 + 7, 1),
+            ("bad TCP checksum", seg * 2 - 1, 1),
             ("headers differ", seg + l4 + 14, 1), // window
             ("different tunnel header or no payload", 16 + seg + 6, 1), // VNI
-            ("flags", seg + l4 + 13, TCP_PSH),    // PSH on a middle segment
+            ("flags", seg + l4 + 13, TCP_SYN),
             ("headers differ", 16 + seg + 8 + 15, 4), // TOS
+            ("PSH or FIN on the first segment", l4 + 13, TCP_PSH),
         ];
         for (why, at, bits) in cases {
             let mut b = buf.clone();
@@ -398,6 +463,71 @@ mod tests {
         assert!(merge_tcp(&mut one, 16, seg, seg, 8).is_err());
         let mut b = buf[15..].to_vec();
         assert!(merge_tcp(&mut b, 1, len, seg, 8).is_err());
+    }
+
+    /// A segment that cannot join (a gap, a bad checksum) or one that ends a stream's
+    /// run (PSH) after two good ones: those merge, the rest is left as it was.
+    #[test]
+    fn merges_the_run_before_what_cannot_join() {
+        let (f, hdr) = super_frame(true, 1398 * 4, 0x18);
+        let (buf, len, seg) = coalesced(&f, &hdr, 16);
+        let l4 = 16 + 8 + 34;
+        // (byte, bits flipped, segments merged, flags of the merged frame)
+        let cases = [
+            (seg * 2 + l4 + 7, 1, 2, 0x10),    // a gap before the third
+            (seg * 3 - 1, 1, 2, 0x10),         // the third's checksum
+            (seg + l4 + 13, TCP_PSH, 2, 0x18), // PSH on the second
+        ];
+        for (at, bits, merged, flags) in cases {
+            let mut b = buf.clone();
+            b[at] ^= bits;
+            if bits == TCP_PSH {
+                // A sender's PSH: the segment's checksum covers it.
+                let inner = 16 + seg + 8;
+                let seg1 = &mut b[inner..16 + 2 * seg];
+                seg1[34 + 16..34 + 18].fill(0);
+                let p = checksum::pseudo_v4(&seg1[26..30], &seg1[30..34], 6, seg1.len() - 34);
+                let c = checksum::finish(checksum::add(p, &seg1[34..]));
+                seg1[34 + 16..34 + 18].copy_from_slice(&c.to_be_bytes());
+            }
+            let before = b.clone();
+            let r = merge_tcp(&mut b, 16, len, seg, 8).unwrap();
+            assert_eq!(r.used, merged * seg, "byte {at}");
+            assert_eq!(
+                &b[16 + r.used..],
+                &before[16 + r.used..],
+                "the rest changed"
+            );
+            let (want, h) = super_frame(true, 1398 * merged, flags);
+            assert_eq!(&b[r.frame.start + VNET_HDR_LEN..r.frame.end], &want[..]);
+            assert_eq!(
+                VnetHdr::parse(b[r.frame][..VNET_HDR_LEN].try_into().unwrap()),
+                h
+            );
+        }
+    }
+
+    /// Two super-frames of one stream coalesced into one datagram by the network
+    /// (the first's last segment full-sized, with PSH) merge back as two.
+    #[test]
+    fn a_burst_of_two_super_frames_merges_as_two() {
+        let (f, hdr) = super_frame(true, 1398 * 3, 0x18);
+        let (mut buf, len1, seg) = coalesced(&f, &hdr, 16);
+        // The second continues the sequence: 3 × 1398 bytes later, then 2 segments.
+        let (mut g, ghdr) = super_frame(true, 1398 * 2, 0x10);
+        let seq = 0xffff_ff00u32.wrapping_add(3 * 1398).to_be_bytes();
+        g[38..42].copy_from_slice(&seq);
+        let p = checksum::pseudo_v4(&g[26..30], &g[30..34], 6, g.len() - 34);
+        g[50..52].copy_from_slice(&checksum::fold(p).to_be_bytes());
+        let (b2, len2, _) = coalesced(&g, &ghdr, 0);
+        buf.extend_from_slice(&b2);
+        let len = len1 + len2;
+        let r = merge_tcp(&mut buf, 16, len, seg, 8).unwrap();
+        assert_eq!(r.used, len1);
+        assert_eq!(&buf[r.frame.start + VNET_HDR_LEN..r.frame.end], &f[..]);
+        let r2 = merge_tcp(&mut buf, 16 + len1, len2, seg, 8).unwrap();
+        assert_eq!(r2.used, len2);
+        assert_eq!(&buf[r2.frame.start + VNET_HDR_LEN..r2.frame.end], &g[..]);
     }
 
     proptest! {
@@ -431,7 +561,8 @@ mod tests {
             prop_assume!(payload > mss);
             let (mut buf, len, seg) = coalesced(&f, &hdr, 16);
             let r = merge_tcp(&mut buf, 16, len, seg, 8).unwrap();
-            let got = &buf[r];
+            prop_assert_eq!(r.used, len);
+            let got = &buf[r.frame];
             prop_assert_eq!(VnetHdr::parse(got[..VNET_HDR_LEN].try_into().unwrap()), hdr);
             prop_assert_eq!(&got[VNET_HDR_LEN..], &f[..]);
         }
@@ -452,6 +583,13 @@ mod tests {
             let before = b.clone();
             match merge_tcp(&mut b, 16, len, seg, 8) {
                 Err(_) => prop_assert_eq!(b, before),
+                Ok(r) if r.used < len => {
+                    // Merged up to the mangled segment, which is left as it was.
+                    prop_assert!(at - 16 >= r.used, "merged the mangled byte {}", at);
+                    prop_assert_eq!(&b[16 + r.used..], &before[16 + r.used..]);
+                    let (want, _) = super_frame(true, 1398 * (r.used / seg), 0x10);
+                    prop_assert_eq!(&b[r.frame.start + VNET_HDR_LEN..r.frame.end], &want[..]);
+                }
                 Ok(r) => {
                     // Only a segment's IP ID or IP checksum may differ: the merge
                     // keeps the first's ID and recomputes the checksum. (A mangled TCP
@@ -461,7 +599,7 @@ mod tests {
                         [8 + 18, 8 + 19, 8 + 24, 8 + 25].contains(&off),
                         "merged with byte {} (segment offset {}) mangled", at, off
                     );
-                    prop_assert_eq!(&b[r][VNET_HDR_LEN..], &f[..]);
+                    prop_assert_eq!(&b[r.frame][VNET_HDR_LEN..], &f[..]);
                 }
             }
         }

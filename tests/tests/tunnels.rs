@@ -808,6 +808,27 @@ fn receive_udp(h: &Host, port: u16, count: usize) -> std::thread::JoinHandle<Vec
     rcv
 }
 
+/// A UDP socket bound to `addr` (in the calling thread's namespace) whose every send
+/// is cut into datagrams of `seg` bytes by the kernel (UDP GSO): a peer's coalesced
+/// burst.
+fn gso_sender(addr: &str, seg: usize) -> UdpSocket {
+    use std::os::fd::AsRawFd;
+    let s = UdpSocket::bind(addr).unwrap();
+    let seg = seg as libc::c_int;
+    // SAFETY: setsockopt with a valid int for the call's duration.
+    let r = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::IPPROTO_UDP,
+            103, // UDP_SEGMENT
+            &seg as *const libc::c_int as *const libc::c_void,
+            std::mem::size_of::<libc::c_int>() as u32,
+        )
+    };
+    assert_eq!(r, 0, "UDP_SEGMENT");
+    s
+}
+
 /// Stops a daemon this test started until dropped (even when the test fails).
 struct Frozen(i32);
 
@@ -937,21 +958,8 @@ fn vxlan_delivers_coalesced_datagrams_that_do_not_merge_in_order() {
     // waiting: the first is cut into segments, the others wait behind it.
     let frozen = Frozen::new(&hv1.d);
     peer.run(|| {
-        use std::os::fd::AsRawFd;
-        let s = UdpSocket::bind("192.168.62.2:0").unwrap();
         let (a, b) = (inner(0, 200), inner(2, 120));
-        let seg = a.len() as libc::c_int;
-        // SAFETY: setsockopt with a valid int for the call's duration.
-        let r = unsafe {
-            libc::setsockopt(
-                s.as_raw_fd(),
-                libc::IPPROTO_UDP,
-                103, // UDP_SEGMENT
-                &seg as *const libc::c_int as *const libc::c_void,
-                std::mem::size_of::<libc::c_int>() as u32,
-            )
-        };
-        assert_eq!(r, 0, "UDP_SEGMENT");
+        let s = gso_sender("192.168.62.2:0", a.len());
         for first in [0u8, 3] {
             let mut d = inner(first, 200);
             d.extend_from_slice(&inner(first + 1, 200));
@@ -969,4 +977,74 @@ fn vxlan_delivers_coalesced_datagrams_that_do_not_merge_in_order() {
     assert_eq!(order, [0, 1, 2, 3, 4, 5, 6], "{got:?}");
     let sizes: Vec<usize> = got.iter().map(|(_, n)| *n).collect();
     assert_eq!(sizes, [200, 200, 120, 200, 200, 120, 50]);
+}
+
+/// A coalesced datagram of one TCP stream that crosses run boundaries — a lone PSH
+/// segment (the end of an earlier super-frame), then two runs of two segments each
+/// ending in PSH — is merged run by run: the VM's port sends three frames, in order,
+/// of one, two and two segments' payload.
+#[test]
+fn vxlan_merges_a_coalesced_burst_run_by_run() {
+    let hv1 = Hv::new("hv1");
+    let peer = Netns::new("peer");
+    underlay(&hv1.ns, "192.168.64.1/24", &peer, "192.168.64.2/24");
+    let a1 = vm("a1", "10.0.64.1/24", &hv1);
+    hv1.bridge(
+        &a1,
+        "vx",
+        "vxlan",
+        &[
+            "options:remote_ip=192.168.64.2".into(),
+            "options:key=64".into(),
+        ],
+    );
+    let a1_mac = mac_bytes(&a1.mac);
+    let a1_ip: std::net::Ipv4Addr = a1.ip.parse().unwrap();
+    const P: usize = 1000;
+    // Segment k of the stream: VXLAN header, then TCP with P bytes of payload.
+    let segment = |k: u32, psh: bool| {
+        let mut f = Vec::new();
+        let b = etherparse::PacketBuilder::ethernet2([2, 0, 0, 0, 0x64, 2], a1_mac)
+            .ipv4([10, 0, 64, 2], a1_ip.octets(), 64)
+            .tcp(40000, 6464, 1000 + k * P as u32, 65535)
+            .ack(1);
+        let b = if psh { b.psh() } else { b };
+        b.write(&mut f, &[k as u8; P]).unwrap();
+        let mut d = vec![0x08, 0, 0, 0, 0, 0, 64, 0];
+        d.extend_from_slice(&f);
+        d
+    };
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let cap = a1.ns.spawn(move || {
+        let s = RawSock::open("eth0");
+        ready_tx.send(()).unwrap();
+        let mut got = Vec::new();
+        for _ in 0..200 {
+            if let Some(f) = s.recv() {
+                // TCP to port 6464: (first payload byte, payload length).
+                if f.len() > 54 && f[12..14] == [8, 0] && f[23] == 6 && f[36..38] == [0x19, 0x40] {
+                    got.push((f[54], f.len() - 54));
+                    if got.len() == 3 {
+                        break;
+                    }
+                }
+            }
+        }
+        got
+    });
+    ready_rx.recv().unwrap();
+    peer.exec_ok("ping -c 1 -W 2 192.168.64.1");
+    peer.run(|| {
+        let mut d = Vec::new();
+        for (k, psh) in [(0, true), (1, false), (2, true), (3, false), (4, true)] {
+            d.extend_from_slice(&segment(k, psh));
+        }
+        let s = gso_sender("192.168.64.2:0", segment(0, false).len());
+        s.send_to(&d, "192.168.64.1:4789").unwrap();
+    });
+    assert_eq!(
+        cap.join().unwrap(),
+        [(0, P), (1, 2 * P), (3, 2 * P)],
+        "(first segment, payload bytes) of each frame to the VM"
+    );
 }

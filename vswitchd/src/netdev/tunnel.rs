@@ -180,6 +180,13 @@ struct Carry {
     items: VecDeque<Carried>,
 }
 
+/// What is left of a coalesced datagram after its first frame: from byte `at`, to be
+/// tried for a merge again or (`split`) delivered segment by segment.
+struct Rest {
+    at: usize,
+    split: bool,
+}
+
 /// Where a received datagram came from and went to, and how it was coalesced.
 #[derive(Clone, Copy)]
 struct Arrival {
@@ -317,7 +324,7 @@ impl TunnelRx {
                 return;
             }
             if let Some(rest) = self.settle(rx, i, len, arrival, &mut meta[i]) {
-                carry.push(arrival, &rx.storage[base + rest..base + len], true);
+                carry.push(arrival, &rx.storage[base + rest.at..base + len], rest.split);
                 cut = Some(i);
             }
             rx.truncated[i] = truncated;
@@ -348,9 +355,9 @@ impl TunnelRx {
             rx.storage[base..base + take].copy_from_slice(&carry.buf[it.start..it.start + take]);
             let arrival = Arrival { gso, ..it.arrival };
             let done = match self.settle(rx, filled, take, arrival, &mut meta[filled]) {
-                Some(first) => {
-                    it.split = true;
-                    first
+                Some(rest) => {
+                    it.split = rest.split;
+                    rest.at
                 }
                 None => take,
             };
@@ -369,8 +376,9 @@ impl TunnelRx {
     }
 
     /// Decapsulates the `len`-byte packet read into slot `i` at [`RX_AT`]. A
-    /// coalesced VXLAN datagram becomes one merged frame when it can; when it cannot,
-    /// the slot takes its first segment and the result says where the rest starts.
+    /// coalesced VXLAN datagram becomes one merged frame from as many of its first
+    /// segments as merge; when none do, the slot takes its first segment. What is
+    /// left of the datagram is returned, for the caller to carry.
     fn settle(
         &self,
         rx: &mut RxBatch,
@@ -378,7 +386,7 @@ impl TunnelRx {
         len: usize,
         arrival: Arrival,
         meta: &mut RxMeta,
-    ) -> Option<usize> {
+    ) -> Option<Rest> {
         let Arrival { src, dst, gso } = arrival;
         let mut len = len;
         let mut rest = None;
@@ -392,11 +400,28 @@ impl TunnelRx {
                         key: vni,
                         err: None,
                     };
-                    rx.set_stored(i, r.start, r.len());
-                    return None;
+                    rx.set_stored(i, r.frame.start, r.frame.len());
+                    // The rest starts a new run (after a PSH, a gap): try it again.
+                    return (r.used < len).then_some(Rest {
+                        at: r.used,
+                        split: false,
+                    });
                 }
             }
-            rest = Some(gso);
+            // The first segment goes alone. If it ended its stream's run (the PSH
+            // of a burst coalesced across two super-frames) and the second does
+            // not, the rest may merge; else it goes segment by segment (anything
+            // not TCP, or a run of PSH segments, which retrying would copy over and
+            // over).
+            let inner = |k: usize| {
+                let s = RX_AT + k * gso + tunnel::VXLAN_HDR_LEN;
+                &slot[s.min(RX_AT + len)..(RX_AT + (k + 1) * gso).min(RX_AT + len)]
+            };
+            let retry = gro::ends_merge(inner(0)) && !gro::ends_merge(inner(1));
+            rest = Some(Rest {
+                at: gso,
+                split: !retry,
+            });
             len = gso;
         }
         let base = i * BUF_SIZE + RX_AT;
