@@ -56,6 +56,26 @@ pub fn pseudo_v6(src: &[u8], dst: &[u8], proto: u8, l4_len: usize) -> u64 {
     acc + u64::from(proto) + l4_len as u64
 }
 
+/// Sum of the pseudo-header for an L4 segment of `l4_len` bytes behind the IPv4
+/// (`v4`) or IPv6 header at `l3` in `frame`: its addresses, `proto`, the length.
+pub fn pseudo_at(frame: &[u8], l3: usize, v4: bool, proto: u8, l4_len: usize) -> u64 {
+    if v4 {
+        pseudo_v4(
+            &frame[l3 + 12..l3 + 16],
+            &frame[l3 + 16..l3 + 20],
+            proto,
+            l4_len,
+        )
+    } else {
+        pseudo_v6(
+            &frame[l3 + 8..l3 + 24],
+            &frame[l3 + 24..l3 + 40],
+            proto,
+            l4_len,
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

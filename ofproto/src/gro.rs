@@ -121,11 +121,7 @@ fn same_headers(a: &[u8], b: &[u8], lay: &Layout) -> bool {
 
 /// The pseudo-header sum of a TCP segment of `l4_len` bytes in `inner`.
 fn pseudo(inner: &[u8], lay: &Layout, l4_len: usize) -> u64 {
-    if lay.v4 {
-        checksum::pseudo_v4(&inner[26..30], &inner[30..34], PROTO_TCP, l4_len)
-    } else {
-        checksum::pseudo_v6(&inner[22..38], &inner[38..54], PROTO_TCP, l4_len)
-    }
+    checksum::pseudo_at(inner, ETH_LEN, lay.v4, PROTO_TCP, l4_len)
 }
 
 /// Whether no merge can go past inner frame `inner`: a TCP segment carrying PSH or

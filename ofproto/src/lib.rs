@@ -22,6 +22,7 @@ pub mod mac_learning;
 pub mod normal;
 pub mod rewrite;
 pub mod tunnel;
+pub mod udp_gso;
 pub mod vlan;
 pub mod vnet_hdr;
 

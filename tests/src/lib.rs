@@ -723,3 +723,74 @@ pub fn with_tag(f: &[u8], tci: u16) -> Vec<u8> {
     v.extend_from_slice(&f[12..]);
     v
 }
+
+/// Receives up to `count` UDP datagrams on `ip`, port `port`, in namespace `ns`
+/// (waiting at most 5 s for each): their first bytes and sizes, in arrival order.
+/// The socket is bound when this returns.
+pub fn receive_udp(
+    ns: &Netns,
+    ip: &str,
+    port: u16,
+    count: usize,
+) -> std::thread::JoinHandle<Vec<(u8, usize)>> {
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let ip = ip.to_string();
+    let rcv = ns.spawn(move || {
+        let s = UdpSocket::bind((ip.as_str(), port)).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        ready_tx.send(()).unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 2048];
+        while let Ok(n) = s.recv(&mut buf) {
+            got.push((buf[0], n));
+            if got.len() == count {
+                break;
+            }
+        }
+        got
+    });
+    ready_rx.recv().unwrap();
+    rcv
+}
+
+/// Stops a daemon this test started until dropped (even when the test fails).
+pub struct Frozen(i32);
+
+impl Frozen {
+    pub fn new(d: &Daemon) -> Frozen {
+        // SAFETY: a signal to the daemon this test started.
+        unsafe { libc::kill(d.pid(), libc::SIGSTOP) };
+        Frozen(d.pid())
+    }
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        // SAFETY: as in `Frozen::new`.
+        unsafe { libc::kill(self.0, libc::SIGCONT) };
+    }
+}
+
+/// A counter of interface `link` in namespace `ns`, as the kernel keeps it.
+pub fn link_stat(ns: &Netns, link: &str, what: &str) -> u64 {
+    ns.exec_ok(&format!("cat /sys/class/net/{link}/statistics/{what}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Adds an internal port (a TAP the daemon creates) with a unique name; returns it.
+pub fn add_internal(d: &Daemon, br: &str) -> String {
+    let p = uniq("p");
+    d.vsctl_ok(&[
+        "add-port",
+        br,
+        &p,
+        "--",
+        "set",
+        "Interface",
+        &p,
+        "type=internal",
+    ]);
+    p
+}

@@ -23,22 +23,6 @@ fn switch_with_hosts(n: usize) -> (Daemon, String, Vec<Host>) {
     (d, br, hosts)
 }
 
-/// Adds an internal port (a TAP the daemon creates) with a unique name; returns it.
-fn add_internal(d: &Daemon, br: &str) -> String {
-    let p = uniq("p");
-    d.vsctl_ok(&[
-        "add-port",
-        br,
-        &p,
-        "--",
-        "set",
-        "Interface",
-        &p,
-        "type=internal",
-    ]);
-    p
-}
-
 fn stat(d: &Daemon, br: &str, port: &str, key: &str) -> u64 {
     d.port_stats(br, port)[key].as_u64().unwrap()
 }

@@ -188,14 +188,25 @@ fn forward_and_count(flows: &[&str]) {
     assert!(a.ping(&b.ip));
     tcp_transfer(&a, &b, 8 << 20);
     udp_exchange(&a, &b, 100);
+    udp_burst(&b, &a, 2000);
 
     let before = DATAPATH_ALLOCS.load(Ordering::Relaxed);
     let tx_before = devices.stats(&b.port).unwrap().view().tx_packets;
+    let to_a = devices.stats(&a.port).unwrap().view().tx_packets;
+    let skbs_to_a = tx_skbs(&a.port);
     tcp_transfer(&a, &b, 32 << 20);
     udp_exchange(&a, &b, 300);
+    // A's port takes virtio-net headers: bursts leave it as UDP GSO super-frames.
+    udp_burst(&b, &a, 5000);
     assert!(b.ping(&a.ip));
     let allocs = DATAPATH_ALLOCS.load(Ordering::Relaxed) - before;
     let frames = devices.stats(&b.port).unwrap().view().tx_packets - tx_before;
+    let to_a = devices.stats(&a.port).unwrap().view().tx_packets - to_a;
+    let skbs_to_a = tx_skbs(&a.port) - skbs_to_a;
+    assert!(
+        to_a >= 2500 && skbs_to_a < to_a,
+        "{to_a} frames to a in {skbs_to_a} packets: the burst formed no super-frames"
+    );
 
     assert!(
         frames >= (32 << 20) / 1448,
@@ -220,6 +231,28 @@ fn forward_and_count(flows: &[&str]) {
     }
     worker.shutdown();
     drop(devices);
+}
+
+/// The packets the kernel counted out of `link` (in this namespace): one per
+/// super-frame.
+fn tx_skbs(link: &str) -> u64 {
+    std::fs::read_to_string(format!("/sys/class/net/{link}/statistics/tx_packets"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// Sends `n` 18-byte UDP datagrams from `from` to `to` as fast as it can (nobody
+/// listens: they are forwarded all the same).
+fn udp_burst(from: &Host, to: &Host, n: usize) {
+    let dst = format!("{}:9", to.ip);
+    from.ns.run(move || {
+        let s = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        for _ in 0..n {
+            s.send_to(&[0x55; 18], &dst).unwrap();
+        }
+    });
 }
 
 /// A configuration with bridge `br` holding `ports`, then `more` applied.

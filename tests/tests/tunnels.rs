@@ -701,14 +701,6 @@ fn vxlan_over_ipv6_interoperates_with_the_linux_kernel() {
     tcp_transfer(&a2, &a1, 4 << 20);
 }
 
-/// A counter of interface `link` in namespace `ns`, as the kernel keeps it.
-fn link_stat(ns: &Netns, link: &str, what: &str) -> u64 {
-    ns.exec_ok(&format!("cat /sys/class/net/{link}/statistics/{what}"))
-        .trim()
-        .parse()
-        .unwrap()
-}
-
 /// VXLAN carries TCP super-frames whole across the host: the sending hypervisor
 /// hands each segmented super-frame to the kernel as one UDP GSO datagram (the
 /// underlay veth counts a few packets per super-frame, not one per segment), and the
@@ -783,31 +775,6 @@ fn super_frames_cross_whole(v6: bool) {
     );
 }
 
-/// Receives up to `count` UDP datagrams on `h`'s address, port `port` (waiting at
-/// most 5 s for each): their first bytes and sizes, in arrival order. The socket is
-/// bound when this returns.
-fn receive_udp(h: &Host, port: u16, count: usize) -> std::thread::JoinHandle<Vec<(u8, usize)>> {
-    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
-    let ip = h.ip.clone();
-    let rcv = h.ns.spawn(move || {
-        let s = UdpSocket::bind((ip.as_str(), port)).unwrap();
-        s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
-            .unwrap();
-        ready_tx.send(()).unwrap();
-        let mut got = Vec::new();
-        let mut buf = [0u8; 2048];
-        while let Ok(n) = s.recv(&mut buf) {
-            got.push((buf[0], n));
-            if got.len() == count {
-                break;
-            }
-        }
-        got
-    });
-    ready_rx.recv().unwrap();
-    rcv
-}
-
 /// A UDP socket bound to `addr` (in the calling thread's namespace) whose every send
 /// is cut into datagrams of `seg` bytes by the kernel (UDP GSO): a peer's coalesced
 /// burst.
@@ -827,24 +794,6 @@ fn gso_sender(addr: &str, seg: usize) -> UdpSocket {
     };
     assert_eq!(r, 0, "UDP_SEGMENT");
     s
-}
-
-/// Stops a daemon this test started until dropped (even when the test fails).
-struct Frozen(i32);
-
-impl Frozen {
-    fn new(d: &Daemon) -> Frozen {
-        // SAFETY: a signal to the daemon this test started.
-        unsafe { libc::kill(d.pid(), libc::SIGSTOP) };
-        Frozen(d.pid())
-    }
-}
-
-impl Drop for Frozen {
-    fn drop(&mut self) {
-        // SAFETY: as in `Frozen::new`.
-        unsafe { libc::kill(self.0, libc::SIGCONT) };
-    }
 }
 
 /// A burst of one flow's wire-sized frames — not a super-frame — leaves as UDP GSO
@@ -870,7 +819,7 @@ fn vxlan_sends_a_burst_of_one_flows_frames_as_gso_datagrams() {
     // Datagram k starts with byte k; all 500 bytes but the last, 300.
     const N: usize = 100;
     let size = |k: usize| if k == N - 1 { 300 } else { 500 };
-    let rcv = receive_udp(&a2, 6363, N);
+    let rcv = receive_udp(&a2.ns, &a2.ip, 6363, N);
     let before = link_stat(&hv1.ns, &ul1, "tx_packets");
     // The sending daemon is frozen while the VM sends: the burst waits in its
     // port's receive ring and is read a batch at a time.
@@ -895,7 +844,7 @@ fn vxlan_sends_a_burst_of_one_flows_frames_as_gso_datagrams() {
     // the shorter frame sent after it in the same run still arrives.
     let errors = stat(&hv1, &br1, "vx", "tx_errors");
     a1.ns.exec_ok("ip link set eth0 mtu 1500");
-    let rcv = receive_udp(&a2, 6364, 1);
+    let rcv = receive_udp(&a2.ns, &a2.ip, 6364, 1);
     let frozen = Frozen::new(&hv1.d);
     let (src, dst) = (a1.ip.clone(), format!("{}:6364", a2.ip));
     a1.ns.run(move || {
@@ -950,7 +899,7 @@ fn vxlan_delivers_coalesced_datagrams_that_do_not_merge_in_order() {
         d.extend_from_slice(&f);
         d
     };
-    let rcv = receive_udp(&a1, 6262, 7);
+    let rcv = receive_udp(&a1.ns, &a1.ip, 6262, 7);
     // Resolve the hypervisor's address first: only the datagrams cross after this.
     peer.exec_ok("ping -c 1 -W 2 192.168.62.1");
     let before = link_stat(&peer, &ulp, "tx_packets");

@@ -38,7 +38,7 @@ use ofproto::mac_learning::{MacEntry, MacTable};
 use ofproto::normal::{normal, Normal};
 use ofproto::vlan::PortVlan;
 use ofproto::vnet_hdr::{VnetHdr, VNET_HDR_LEN};
-use ofproto::{gro, gso};
+use ofproto::{gro, gso, udp_gso};
 use ofproto::{MacAddr, PortNo};
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
@@ -116,6 +116,20 @@ pub struct PortRt {
     pub vlan: PortVlan,
     pub stats: Arc<PortStats>,
 }
+
+/// Queued frames `start..end` of a port, leaving as one UDP GSO super-frame whose
+/// first `head_len` bytes (virtio-net header and frame headers) are in `udp_heads`.
+struct UdpRun {
+    start: usize,
+    end: usize,
+    head_len: usize,
+    /// Bytes the frames would have taken as separate messages beyond the run's.
+    extra: u32,
+}
+
+/// The most UDP payload one super-frame carries: under both IPv4's limit (65507
+/// bytes) and IPv6's (65527), whatever the IP header.
+const UDP_RUN_MAX: usize = 65_535 - 40 - 8;
 
 /// One frame queued for a port: its receive slot, its rewritten headers if any, and
 /// the outer tag it must leave with (`None`: untagged). The send path compares that
@@ -339,6 +353,10 @@ struct Worker {
     seg_items: Vec<u16>,
     /// Per range in `seg_ranges`, on a VXLAN port: its UDP source port.
     sports: Vec<u16>,
+    /// Runs of the queued frames being flushed that leave as one UDP GSO
+    /// super-frame, and each run's headers.
+    udp_runs: Vec<UdpRun>,
+    udp_heads: Vec<[u8; udp_gso::HEAD_MAX]>,
     epoch: Instant,
     now: u64,
     last_expire: u64,
@@ -384,6 +402,8 @@ impl Worker {
             dests: Vec::with_capacity(PREALLOC_SEGMENTS),
             seg_items: Vec::with_capacity(PREALLOC_SEGMENTS),
             sports: Vec::with_capacity(PREALLOC_SEGMENTS),
+            udp_runs: Vec::with_capacity(4 * BATCH),
+            udp_heads: Vec::with_capacity(4 * BATCH),
             epoch: crate::pipeline::epoch(),
             now: 0,
             last_expire: 0,
@@ -1011,8 +1031,25 @@ impl Worker {
             }
             let (r, errors) = match &p.kind {
                 PortKind::Device(dev) if dev.takes_vnet_hdr() => {
+                    self.plan_udp_runs(&q);
                     let mut tx = TxBatch::new(std::mem::take(&mut self.tx_store));
-                    for (item, rt) in q.iter().zip(&self.retags) {
+                    let mut runs = self.udp_runs.iter().zip(&self.udp_heads).peekable();
+                    let mut i = 0;
+                    while i < q.len() {
+                        if let Some((run, head)) = runs.next_if(|(r, _)| r.start == i) {
+                            // The super-frame's headers, then each datagram's payload,
+                            // which starts where the headers end in every slot.
+                            let rx = &self.rx;
+                            let payloads = q[run.start..run.end]
+                                .iter()
+                                .map(|it| &rx.slot(usize::from(it.slot))[run.head_len..]);
+                            let parts = std::iter::once(&head[..run.head_len]).chain(payloads);
+                            tx.push_merged(parts, (run.end - run.start) as u32, run.extra);
+                            i = run.end;
+                            continue;
+                        }
+                        let (item, rt) = (&q[i], &self.retags[i]);
+                        i += 1;
                         let (first, rest) = frame_view(
                             &self.rx,
                             &self.heads,
@@ -1061,6 +1098,64 @@ impl Worker {
         self.pending.clear();
         self.heads.clear();
         self.head_lens.clear();
+    }
+
+    /// Finds the runs of queued frames `q` that can leave as one UDP GSO super-frame
+    /// (see [`ofproto::udp_gso`]) — consecutive datagrams of one flow and size, sent
+    /// as they arrived (no tag change, no rewritten headers) — and writes each run's
+    /// headers into `udp_heads`.
+    fn plan_udp_runs(&mut self, q: &[TxItem]) {
+        self.udp_runs.clear();
+        self.udp_heads.clear();
+        let (rx, retags) = (&self.rx, &self.retags);
+        let shape = |k: usize| {
+            let it = &q[k];
+            if retags[k].is_some() || it.head != NO_HEAD {
+                return None;
+            }
+            let slot = rx.slot(usize::from(it.slot));
+            let hdr = VnetHdr::parse(slot[..VNET_HDR_LEN].try_into().unwrap());
+            let frame = &slot[VNET_HDR_LEN..];
+            udp_gso::shape(frame, &hdr).map(|s| (frame, s))
+        };
+        let mut i = 0;
+        while i + 1 < q.len() {
+            let Some((a, sa)) = shape(i) else {
+                i += 1;
+                continue;
+            };
+            let mut total = usize::from(sa.payload);
+            let mut j = i + 1;
+            while j < q.len() && j - i < udp_gso::MAX_SEGMENTS {
+                let Some((b, sb)) = shape(j) else {
+                    break;
+                };
+                if !udp_gso::joins(a, &sa, b, &sb, j - i)
+                    || total + usize::from(sb.payload) > UDP_RUN_MAX
+                {
+                    break;
+                }
+                total += usize::from(sb.payload);
+                j += 1;
+                if sb.payload < sa.payload {
+                    break;
+                }
+            }
+            let mut head = [0u8; udp_gso::HEAD_MAX];
+            if j - i >= 2 {
+                if let Some(head_len) = udp_gso::super_head(a, &sa, total, &mut head) {
+                    let n = j - i;
+                    self.udp_heads.push(head);
+                    self.udp_runs.push(UdpRun {
+                        start: i,
+                        end: j,
+                        head_len,
+                        extra: ((n - 1) * (VNET_HDR_LEN + sa.head_len())) as u32,
+                    });
+                }
+            }
+            i = j;
+        }
     }
 
     /// Sends the finished frames in `seg_buf` (see [`Worker::finish`]) on tunnel `t`,

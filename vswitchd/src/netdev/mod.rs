@@ -190,16 +190,27 @@ impl RxBatch {
 /// lifetime ties the queued parts to the buffers they point into.
 pub struct TxBatch<'a> {
     iov: Vec<libc::iovec>,
-    /// Per frame: index of its first iovec and how many it has.
-    msgs: Vec<(u32, u32)>,
+    msgs: Vec<Msg>,
     _frames: PhantomData<&'a [u8]>,
+}
+
+/// One message of a [`TxBatch`]: its iovecs, and the frames it stands for (a UDP GSO
+/// super-frame carries several), so that counters count frames.
+#[derive(Clone, Copy)]
+struct Msg {
+    /// Index of its first iovec, and how many it has.
+    iov: u32,
+    parts: u32,
+    frames: u32,
+    /// Bytes the frames would have taken as separate messages, less this one's.
+    extra: u32,
 }
 
 /// The reusable storage behind a [`TxBatch`].
 #[derive(Default)]
 pub struct TxStore {
     iov: Vec<libc::iovec>,
-    msgs: Vec<(u32, u32)>,
+    msgs: Vec<Msg>,
 }
 
 impl TxStore {
@@ -233,13 +244,30 @@ impl<'a> TxBatch<'a> {
     /// Queues a frame whose bytes are the concatenation of `parts`.
     #[inline]
     pub fn push_parts(&mut self, parts: &[&'a [u8]]) {
-        self.msgs.push((self.iov.len() as u32, parts.len() as u32));
+        self.push_merged(parts.iter().copied(), 1, 0);
+    }
+
+    /// Queues one message made of `parts` that stands for `frames` frames, which as
+    /// separate messages would have taken `extra` more bytes (a super-frame).
+    pub fn push_merged(
+        &mut self,
+        parts: impl IntoIterator<Item = &'a [u8]>,
+        frames: u32,
+        extra: u32,
+    ) {
+        let iov = self.iov.len() as u32;
         for p in parts {
             self.iov.push(libc::iovec {
                 iov_base: p.as_ptr() as *mut libc::c_void,
                 iov_len: p.len(),
             });
         }
+        self.msgs.push(Msg {
+            iov,
+            parts: self.iov.len() as u32 - iov,
+            frames,
+            extra,
+        });
     }
 
     pub fn len(&self) -> usize {
@@ -250,10 +278,17 @@ impl<'a> TxBatch<'a> {
         self.msgs.is_empty()
     }
 
-    /// The iovecs of frame `i`.
+    /// The iovecs of message `i`.
     fn parts(&self, i: usize) -> &[libc::iovec] {
-        let (start, n) = self.msgs[i];
-        &self.iov[start as usize..(start + n) as usize]
+        let m = self.msgs[i];
+        &self.iov[m.iov as usize..(m.iov + m.parts) as usize]
+    }
+
+    /// The frames message `i` stands for, and the bytes they would have taken as
+    /// separate messages beyond its own.
+    fn weight(&self, i: usize) -> (u64, u64) {
+        let m = self.msgs[i];
+        (u64::from(m.frames), u64::from(m.extra))
     }
 
     pub fn into_store(self) -> TxStore {
@@ -497,9 +532,10 @@ fn send_batch(
             )
         };
         if n > 0 {
-            for m in msgs.iter().take(n as usize) {
-                res.sent += 1;
-                res.bytes += u64::from(m.msg_len);
+            for (i, m) in msgs.iter().take(n as usize).enumerate() {
+                let (frames, extra) = tx.weight(done + i);
+                res.sent += frames;
+                res.bytes += u64::from(m.msg_len) + extra;
             }
             done += n as usize;
             continue;
@@ -509,11 +545,11 @@ fn send_batch(
             continue;
         }
         if is_congestion(&e) {
-            res.dropped += (total - done) as u64;
+            res.dropped += (done..total).map(|i| tx.weight(i).0).sum::<u64>();
             break;
         }
-        // The first frame of the chunk was refused; skip it and go on.
-        res.errors += 1;
+        // The first message of the chunk was refused; skip it and go on.
+        res.errors += tx.weight(done).0;
         done += 1;
     }
     res

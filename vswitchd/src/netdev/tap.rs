@@ -86,15 +86,16 @@ impl Tap {
             // SAFETY: the iovecs point into buffers borrowed for the batch's lifetime;
             // writev only reads them. One writev is one frame on a TAP.
             let n = unsafe { libc::writev(self.fd(), parts.as_ptr(), parts.len() as libc::c_int) };
+            let (frames, extra) = tx.weight(i);
             if n >= 0 {
-                res.sent += 1;
-                res.bytes += (n as usize).saturating_sub(VNET_HDR_LEN) as u64;
+                res.sent += frames;
+                res.bytes += (n as u64 + extra).saturating_sub(frames * VNET_HDR_LEN as u64);
             } else {
                 let e = io::Error::last_os_error();
                 if is_congestion(&e) {
-                    res.dropped += 1;
+                    res.dropped += frames;
                 } else {
-                    res.errors += 1;
+                    res.errors += frames;
                 }
             }
         }
