@@ -1107,6 +1107,9 @@ impl Worker {
     fn plan_udp_runs(&mut self, q: &[TxItem]) {
         self.udp_runs.clear();
         self.udp_heads.clear();
+        if !crate::netdev::sys::vnet_udp_gso() {
+            return;
+        }
         let (rx, retags) = (&self.rx, &self.retags);
         let shape = |k: usize| {
             let it = &q[k];

@@ -9,6 +9,36 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 pub const UDP_SEGMENT: libc::c_int = 103;
 pub const UDP_GRO: libc::c_int = 104;
 
+/// Whether virtio-net headers may carry UDP segmentation (`GSO_UDP_L4`) into packet
+/// sockets and TAPs: Linux 6.2 and later. Older kernels refuse such a frame whole
+/// (`EINVAL`), so the datapath then sends datagram by datagram.
+pub fn vnet_udp_gso() -> bool {
+    static OK: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *OK.get_or_init(|| kernel_at_least(release().as_deref().unwrap_or(""), (6, 2)))
+}
+
+/// The running kernel's release string (`uname -r`).
+fn release() -> Option<String> {
+    // SAFETY: utsname is plain old data; uname fills it.
+    let mut u: libc::utsname = unsafe { std::mem::zeroed() };
+    // SAFETY: `u` is a valid utsname for the call.
+    if unsafe { libc::uname(&mut u) } != 0 {
+        return None;
+    }
+    let r: Vec<u8> = u.release.iter().take_while(|c| **c != 0).map(|c| *c as u8).collect();
+    String::from_utf8(r).ok()
+}
+
+/// Whether release string `r` ("6.18.44-fc", "5.15.0-91-generic") is at least
+/// version `want`; an unreadable one is not.
+fn kernel_at_least(r: &str, want: (u32, u32)) -> bool {
+    let mut it = r.split(|c: char| !c.is_ascii_digit());
+    match (it.next().map(str::parse), it.next().map(str::parse)) {
+        (Some(Ok(major)), Some(Ok(minor))) => (major, minor) >= want,
+        _ => false,
+    }
+}
+
 /// The interface index of `name`, or `ENODEV`.
 pub fn ifindex(name: &str) -> io::Result<u32> {
     let c = CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
@@ -158,5 +188,20 @@ pub fn take_socket_error(fd: RawFd) -> Option<io::Error> {
         Some(io::Error::from_raw_os_error(err))
     } else {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn kernel_versions_compare_by_major_and_minor() {
+        use super::kernel_at_least as at_least;
+        assert!(at_least("6.18.44-fc-v595", (6, 2)));
+        assert!(at_least("6.2.0", (6, 2)));
+        assert!(at_least("7.0", (6, 2)));
+        assert!(!at_least("6.1.0-13-amd64", (6, 2)));
+        assert!(!at_least("5.15.0-91-generic", (6, 2)));
+        assert!(!at_least("", (6, 2)));
+        assert!(!at_least("garbage", (6, 2)));
     }
 }
