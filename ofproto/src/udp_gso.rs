@@ -11,7 +11,7 @@
 //! A run is datagrams that Linux's segmentation gives back unchanged: the same
 //! Ethernet, IP and UDP headers but for lengths, IPv4 ID and checksums; the same
 //! payload size but for the last, which may be shorter; no IP options, fragments or
-//! padding. The IPv4 ID is rewritten by the segmentation to count up from the first
+//! padding; no VLAN tag (a packet socket would refuse the super-frame). The IPv4 ID is rewritten by the segmentation to count up from the first
 //! datagram's: a run requires that of datagrams without don't-fragment, and takes any
 //! ID for datagrams with it, whose ID RFC 6864 makes meaningless (Linux's GRO does
 //! the same). Checksums are trusted only where the kernel vouches for them (partial
@@ -23,9 +23,8 @@ use crate::checksum;
 use crate::vnet_hdr::{VnetHdr, F_DATA_VALID, F_NEEDS_CSUM, GSO_NONE, GSO_UDP_L4, VNET_HDR_LEN};
 
 const PROTO_UDP: u8 = 17;
-/// Longest header a super-frame's first part holds: virtio-net, Ethernet with two
-/// tags, IPv6, UDP.
-pub const HEAD_MAX: usize = VNET_HDR_LEN + 22 + 40 + 8;
+/// Longest header a super-frame's first part holds: virtio-net, Ethernet, IPv6, UDP.
+pub const HEAD_MAX: usize = VNET_HDR_LEN + 14 + 40 + 8;
 /// Most datagrams one super-frame carries (the kernel's `UDP_MAX_SEGMENTS`).
 pub const MAX_SEGMENTS: usize = 64;
 
@@ -59,16 +58,10 @@ pub fn shape(frame: &[u8], hdr: &VnetHdr) -> Option<Shape> {
     if hdr.gso_type != GSO_NONE {
         return None;
     }
-    let mut l3 = 12;
-    loop {
-        match be16(frame.get(..l3 + 2)?, l3) {
-            0x8100 | 0x88a8 if l3 < 20 => l3 += 4,
-            0x0800 | 0x86dd => break,
-            _ => return None,
-        }
-    }
-    l3 += 2;
-    let (v4, l4, df, id) = match be16(frame, l3 - 2) {
+    // Untagged only: a packet socket types a frame's GSO by its outer Ethertype, and
+    // refuses UDP segmentation of a tagged one.
+    let l3 = 14;
+    let (v4, l4, df, id) = match be16(frame.get(..l3)?, 12) {
         0x0800 => {
             let ip = frame.get(l3..l3 + 20)?;
             // No options; not a fragment; the IP length is the frame's (no padding).
@@ -80,7 +73,7 @@ pub fn shape(frame: &[u8], hdr: &VnetHdr) -> Option<Shape> {
             }
             (true, l3 + 20, ip[6] & 0x40 != 0, be16(ip, 4))
         }
-        _ => {
+        0x86dd => {
             let ip = frame.get(l3..l3 + 40)?;
             if ip[0] >> 4 != 6 || ip[6] != PROTO_UDP {
                 return None;
@@ -90,6 +83,7 @@ pub fn shape(frame: &[u8], hdr: &VnetHdr) -> Option<Shape> {
             }
             (false, l3 + 40, true, 0)
         }
+        _ => return None,
     };
     let udp = frame.get(l4..l4 + 8)?;
     if usize::from(be16(udp, 4)) != frame.len() - l4 || frame.len() - l4 == 8 {
@@ -308,6 +302,11 @@ mod tests {
         refused(&|g| g.push(0), complete(), "padding");
         refused(&|g| g[23] = 6, complete(), "not UDP");
         refused(&|g| g.truncate(42), complete(), "no payload");
+        refused(
+            &|g| g.splice(12..12, [0x81, 0, 0, 10]).for_each(drop),
+            complete(),
+            "a VLAN tag",
+        );
         let gso = VnetHdr {
             gso_type: GSO_UDP_L4,
             gso_size: 10,
