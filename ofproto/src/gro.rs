@@ -185,20 +185,20 @@ pub fn merge_tcp(
     let base_flags = flags0 & !(TCP_CWR | TCP_PSH | TCP_FIN);
     let mut total = 0usize;
     let mut last_flags = 0;
+    let ctx = JoinCtx {
+        first,
+        skip,
+        hl,
+        mss,
+        base_flags,
+        lay: &lay,
+    };
     // Segments merged: up to the first that cannot join, or through a PSH or FIN.
     let mut m = n;
     for k in 0..n {
         let s = &data[k * seg..((k + 1) * seg).min(len)];
-        let ctx = JoinCtx {
-            first,
-            skip,
-            hl,
-            mss,
-            seq0: seq0.wrapping_add(total as u32),
-            base_flags,
-            lay: &lay,
-        };
-        if let Err(why) = joins(s, k, k + 1 == n, &ctx) {
+        let seq = seq0.wrapping_add(total as u32);
+        if let Err(why) = joins(s, k, k + 1 == n, seq, &ctx) {
             if k < 2 {
                 return Err(why);
             }
@@ -212,9 +212,6 @@ pub fn merge_tcp(
             m = k + 1;
             break;
         }
-    }
-    if m < 2 {
-        return Err(Unmergeable("fewer than two segments"));
     }
     let frame = at + skip;
     // IP and TCP headers and the payload must fit one IP length field.
@@ -268,16 +265,15 @@ struct JoinCtx<'a> {
     skip: usize,
     hl: usize,
     mss: usize,
-    /// The sequence number this segment must start at.
-    seq0: u32,
     /// The first segment's flags but CWR, PSH and FIN.
     base_flags: u8,
     lay: &'a Layout,
 }
 
-/// Whether segment `k` (tunnel header included; `last`: the datagram's last) can
-/// join the merge: Linux's `tcp_gro_receive` rules, and its TCP checksum verified.
-fn joins(s: &[u8], k: usize, last: bool, c: &JoinCtx<'_>) -> Result<(), Unmergeable> {
+/// Whether segment `k` (tunnel header included; `last`: the datagram's last),
+/// which must start at sequence number `seq`, can join the merge: Linux's
+/// `tcp_gro_receive` rules, and its TCP checksum verified.
+fn joins(s: &[u8], k: usize, last: bool, seq: u32, c: &JoinCtx<'_>) -> Result<(), Unmergeable> {
     let (skip, hl, lay) = (c.skip, c.hl, c.lay);
     if s.len() <= skip + hl || s[..skip] != c.first[..skip] {
         return Err(Unmergeable("different tunnel header or no payload"));
@@ -296,7 +292,7 @@ fn joins(s: &[u8], k: usize, last: bool, c: &JoinCtx<'_>) -> Result<(), Unmergea
     if ip_len != inner.len() - ETH_LEN || !same_headers(&c.first[skip..], inner, lay) {
         return Err(Unmergeable("headers differ"));
     }
-    if be32(inner, lay.l4 + 4) != c.seq0 {
+    if be32(inner, lay.l4 + 4) != seq {
         return Err(Unmergeable("sequence gap"));
     }
     let f = inner[lay.l4 + 13];
