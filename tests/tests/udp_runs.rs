@@ -70,6 +70,12 @@ fn a_udp_burst_crosses_as_super_frames_and_arrives_as_sent() {
     // To an internal port: written to its TAP as super-frames, the host's stack
     // cuts them again.
     let rcv = receive_udp(&hv, "10.0.70.100", 7001, N);
+    let writes = link_stat(&hv, &p, "rx_packets");
     burst(&d, &a, "10.0.70.100", 7001, N);
     assert_eq!(rcv.join().unwrap(), want, "through the internal port");
+    let writes = link_stat(&hv, &p, "rx_packets") - writes;
+    assert!(
+        writes * 4 <= N as u64,
+        "{writes} writes to the TAP {p} for {N} datagrams: not written as super-frames"
+    );
 }
