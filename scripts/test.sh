@@ -21,6 +21,9 @@ command -v ovs-vswitchd >/dev/null || need+=(openvswitch-switch)
 command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
 command -v cpio >/dev/null || need+=(cpio)
+# ... and a small static C tool for UDP bursts in the guest (tests/vm/udptool.c).
+command -v cc >/dev/null || need+=(gcc)
+[ -e /usr/lib/x86_64-linux-gnu/libc.a ] || need+=(libc6-dev)
 if [ ${#need[@]} -gt 0 ]; then
   echo "test.sh: installing ${need[*]}"
   apt-get update -qq

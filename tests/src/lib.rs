@@ -753,6 +753,34 @@ pub fn receive_udp(
     rcv
 }
 
+/// Datagram `k` of a test burst of `n` (issue 3's UDP runs): 18 bytes of the value
+/// `k` (a 64-byte frame), the last one 10 bytes — a shorter last datagram, as a
+/// run may end with. The guest's `udptool send DST PORT n 18 10 ..` sends the same.
+pub fn burst_payload(k: usize, n: usize) -> Vec<u8> {
+    vec![k as u8; if k + 1 == n { 10 } else { 18 }]
+}
+
+/// What [`receive_udp`] returns for a whole burst of `n`.
+pub fn burst_received(n: usize) -> Vec<(u8, usize)> {
+    (0..n)
+        .map(|k| (k as u8, burst_payload(k, n).len()))
+        .collect()
+}
+
+/// Sends a burst of `n` datagrams from `from` to `to:port` while the daemon is
+/// frozen, so that they wait in its receive ring and leave in batches.
+pub fn udp_burst(d: &Daemon, from: &Host, to: &str, port: u16, n: usize) {
+    let frozen = Frozen::new(d);
+    let (src, dst) = (from.ip.clone(), format!("{to}:{port}"));
+    from.ns.run(move || {
+        let s = UdpSocket::bind((src.as_str(), 0)).unwrap();
+        for k in 0..n {
+            s.send_to(&burst_payload(k, n), &dst).unwrap();
+        }
+    });
+    drop(frozen);
+}
+
 /// Stops a daemon this test started until dropped (even when the test fails).
 pub struct Frozen(i32);
 
@@ -774,6 +802,15 @@ impl Drop for Frozen {
 /// A counter of interface `link` in namespace `ns`, as the kernel keeps it.
 pub fn link_stat(ns: &Netns, link: &str, what: &str) -> u64 {
     ns.exec_ok(&format!("cat /sys/class/net/{link}/statistics/{what}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// [`link_stat`] for a link in the tests' own (root) namespace.
+pub fn root_link_stat(link: &str, what: &str) -> u64 {
+    std::fs::read_to_string(format!("/sys/class/net/{link}/statistics/{what}"))
+        .unwrap_or_else(|e| panic!("{link}'s {what}: {e}"))
         .trim()
         .parse()
         .unwrap()

@@ -20,7 +20,7 @@ pub fn artifacts() -> &'static (PathBuf, PathBuf) {
     static A: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     A.get_or_init(|| {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-        let out = root.join("../target/vm-v2");
+        let out = root.join("../target/vm-v3");
         let o = Command::new("bash")
             .arg(root.join("vm/build.sh"))
             .arg(&out)

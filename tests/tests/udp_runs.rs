@@ -4,26 +4,6 @@
 
 use vswitch_tests::*;
 
-/// The sender's datagram `k` of a burst of `n`: byte `k` then padding, 18 bytes of
-/// payload (a 64-byte frame), the last 10.
-fn payload(k: usize, n: usize) -> Vec<u8> {
-    vec![k as u8; if k + 1 == n { 10 } else { 18 }]
-}
-
-/// Sends a burst of `n` datagrams from `from` to `to:port` while the daemon is
-/// frozen, so that they wait in its receive ring and leave in batches.
-fn burst(d: &Daemon, from: &Host, to: &str, port: u16, n: usize) {
-    let frozen = Frozen::new(d);
-    let (src, dst) = (from.ip.clone(), format!("{to}:{port}"));
-    from.ns.run(move || {
-        let s = std::net::UdpSocket::bind((src.as_str(), 0)).unwrap();
-        for k in 0..n {
-            s.send_to(&payload(k, n), &dst).unwrap();
-        }
-    });
-    drop(frozen);
-}
-
 #[test]
 fn a_udp_burst_crosses_as_super_frames_and_arrives_as_sent() {
     let hv = Netns::new("hv");
@@ -40,7 +20,7 @@ fn a_udp_burst_crosses_as_super_frames_and_arrives_as_sent() {
     assert!(a.ping(&b.ip));
     assert!(a.ping("10.0.70.100"));
     const N: usize = 100;
-    let want: Vec<(u8, usize)> = (0..N).map(|k| (k as u8, payload(k, N).len())).collect();
+    let want = burst_received(N);
 
     // To a veth: the kernel counts one packet per super-frame on it.
     let rcv = receive_udp(&b.ns, &b.ip, 7000, N);
@@ -49,7 +29,7 @@ fn a_udp_burst_crosses_as_super_frames_and_arrives_as_sent() {
         d.port_stats(&br, &b.port)["tx_packets"].as_u64().unwrap(),
     );
     let bytes = d.port_stats(&br, &b.port)["tx_bytes"].as_u64().unwrap();
-    burst(&d, &a, &b.ip, 7000, N);
+    udp_burst(&d, &a, &b.ip, 7000, N);
     assert_eq!(
         rcv.join().unwrap(),
         want,
@@ -64,14 +44,14 @@ fn a_udp_burst_crosses_as_super_frames_and_arrives_as_sent() {
     // The port's own counters count datagrams and their bytes on the wire.
     let st = d.port_stats(&br, &b.port);
     assert_eq!(st["tx_packets"].as_u64().unwrap() - frames, N as u64);
-    let wire: usize = (0..N).map(|k| 42 + payload(k, N).len()).sum();
+    let wire: usize = (0..N).map(|k| 42 + burst_payload(k, N).len()).sum();
     assert_eq!(st["tx_bytes"].as_u64().unwrap() - bytes, wire as u64);
 
     // To an internal port: written to its TAP as super-frames, the host's stack
     // cuts them again.
     let rcv = receive_udp(&hv, "10.0.70.100", 7001, N);
     let writes = link_stat(&hv, &p, "rx_packets");
-    burst(&d, &a, "10.0.70.100", 7001, N);
+    udp_burst(&d, &a, "10.0.70.100", 7001, N);
     assert_eq!(rcv.join().unwrap(), want, "through the internal port");
     let writes = link_stat(&hv, &p, "rx_packets") - writes;
     assert!(

@@ -9,20 +9,22 @@
 #          "<bytes> <md5>"
 #   :7000  a shell (one command line per connection) — the test guest is only ever
 #          on a test bridge in a test namespace
-# and prints VM-READY on the serial console.
+# and has /bin/udptool (udptool.c: UDP bursts out of and into the guest),
+# and it prints VM-READY on the serial console.
 set -euo pipefail
 # The directory name carries a version: change it when the guest changes.
-out=${1:-$(dirname "$0")/../../target/vm-v2}
+out=${1:-$(dirname "$0")/../../target/vm-v3}
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
 if [ -s "$out/vmlinuz" ] && [ -s "$out/initrd.img" ]; then
   exit 0
 fi
-for p in busybox cpio qemu-system-x86_64; do
+for p in busybox cpio qemu-system-x86_64 cc; do
   command -v "$p" >/dev/null || { echo "build.sh: $p is missing (scripts/test.sh installs it)" >&2; exit 1; }
 done
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+src=$(cd "$(dirname "$0")" && pwd)
 cd "$work"
 pkg=$(apt-cache depends linux-image-cloud-amd64 | awk '/Depends: linux-image/{print $2; exit}')
 apt-get download "$pkg" >/dev/null 2>&1 || { apt-get update -qq && apt-get download "$pkg" >/dev/null; }
@@ -32,6 +34,7 @@ mods=kernel/lib/modules/$kver/kernel
 root=$work/root
 mkdir -p "$root"/{bin,proc,sys,dev,tmp,www,lib/modules}
 cp "$(command -v busybox)" "$root/bin/busybox"
+cc -static -O2 -Wall -o "$root/bin/udptool" "$src/udptool.c"
 for m in drivers/virtio/virtio_ring drivers/virtio/virtio drivers/virtio/virtio_pci_modern_dev \
          drivers/virtio/virtio_pci_legacy_dev drivers/virtio/virtio_pci net/core/failover \
          drivers/net/net_failover drivers/net/virtio_net; do
