@@ -5,9 +5,11 @@
 //! on the wire): UDP payload = size - 14 - 20 - 8.
 //!
 //! `--raw IFACE --src IP --dst-mac MAC` sends the same datagrams as whole Ethernet
-//! frames on an AF_PACKET socket instead (UDP checksum 0, as IPv4 allows): no UDP/IP
-//! stack on the sending side, so one core offers far more — for measuring a switch
-//! that has a core of its own (`bench/run.py --pin --raw-gen`).
+//! frames on an AF_PACKET socket instead: no UDP/IP stack on the sending side, so one
+//! core offers far more (`bench/run.py --raw-gen`). The frames carry a complete UDP
+//! checksum (computed once: they are all the same), as a host's would: with a zero
+//! one (which IPv4 allows) they would measure a path real traffic does not take —
+//! vswitchd sends no UDP super-frame of such datagrams (a cut would give them checksums).
 
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -76,7 +78,8 @@ fn main() {
     );
 }
 
-/// Ethernet + IPv4 (don't-fragment, TTL 64) + UDP (source port 9999, checksum 0).
+/// Ethernet + IPv4 (don't-fragment, TTL 64) + UDP (source port 9999), checksums
+/// complete.
 fn frame(
     src_mac: [u8; 6],
     dst_mac: [u8; 6],
@@ -105,5 +108,16 @@ fn frame(
     f.extend_from_slice(&((8 + payload) as u16).to_be_bytes());
     f.extend_from_slice(&[0, 0]);
     f.resize(42 + payload, 0x5a);
+    let udp_len = 8 + payload;
+    let acc = ofproto::checksum::add(
+        ofproto::checksum::pseudo_at(&f, 14, true, 17, udp_len),
+        &f[34..],
+    );
+    // 0 means "no checksum" in UDP over IPv4: a sum of 0 is sent as 0xffff.
+    let sum = match ofproto::checksum::finish(acc) {
+        0 => 0xffff,
+        s => s,
+    };
+    f[40..42].copy_from_slice(&sum.to_be_bytes());
     f
 }
