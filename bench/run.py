@@ -75,6 +75,12 @@ PIN = False
 # --raw-gen: udpgen sends whole frames on an AF_PACKET socket (no sending UDP/IP stack),
 # so the generator offers more from one core; with --pin, to find a switch's ceiling.
 RAW_GEN = False
+# --gso-gen N (default 32): udpgen hands its stack N datagrams per message with UDP
+# segmentation, cut into 64 B frames on the generator's own veth (tx-udp-segmentation
+# off there), so the switch sees what it saw from one datagram per message while one
+# core offers 2-3x more: enough that the switches, not the generator, set the rate.
+# --gso-gen 1: one datagram per message (the generator of results before 2026-11-23 15:28).
+GSO_GEN = 32
 
 
 def tool(cmd):
@@ -423,6 +429,10 @@ class Topology:
         if RAW_GEN:
             mac = ns(NS_B, "cat /sys/class/net/eth0/address").strip()
             raw = f" --raw eth0 --src {IP_A} --dst-mac {mac}"
+        elif GSO_GEN > 1:
+            # Cut into 64 B frames on the generator's side of its veth, not in the switch.
+            ns(NS_A, "ethtool -K eth0 tx-udp-segmentation off")
+            raw = f" --gso {GSO_GEN}"
         gen = json.loads(ns(NS_A, tool(f"{BIN}/udpgen --dst {IP_B}:9000 --secs {secs}{raw}")))
         j1 = sum(jiffies_of(p) for p in pids)
         self._perf_stop(perf)
@@ -486,7 +496,7 @@ def run_one(kind, args):
                 if pid:
                     sh(f"taskset -a -p -c 1 {pid}")
         res = {"kind": kind, "noisy": noise > 0.10, "idle_busy": round(noise, 3), "pinned": PIN,
-               "raw_gen": RAW_GEN}
+               "raw_gen": RAW_GEN, "gso_gen": GSO_GEN}
         if kind.startswith("vxlan"):
             res["underlay"] = "ipv6" if UNDERLAY6 else "ipv4"
         if t.pid:
@@ -596,6 +606,10 @@ def main():
                     help="traffic ends on CPU 0, the switch's threads on CPU 1 (a dedicated datapath core)")
     ap.add_argument("--raw-gen", action="store_true",
                     help="64 B UDP from an AF_PACKET generator (no sending UDP/IP stack): offers more per core")
+    ap.add_argument("--gso-gen", type=int, default=32, metavar="N",
+                    help="the 64 B UDP generator puts N datagrams in each message with UDP "
+                         "segmentation, cut into 64 B frames on its own veth (default %(default)s; "
+                         "1: one datagram per message)")
     ap.add_argument("--underlay6", action="store_true",
                     help="vxlan-* kinds: an IPv6 underlay between the hypervisors (inner MTU 1430)")
     ap.add_argument("--show", metavar="TIME",
@@ -609,13 +623,14 @@ def main():
         print(summary(runs, args.results))
         print(table(runs, list(dict.fromkeys(r["kind"] for r in runs))))
         return
-    global BUSY_POLL_US, BASE_BIN, PROFILE, PIN, RAW_GEN, UNDERLAY6, UL1, UL2, UL_PREFIX, INNER_MTU
+    global BUSY_POLL_US, BASE_BIN, PROFILE, PIN, RAW_GEN, GSO_GEN, UNDERLAY6, UL1, UL2, UL_PREFIX, INNER_MTU
     if args.underlay6:
         UNDERLAY6 = True
         UL1, UL2, UL_PREFIX, INNER_MTU = "fd00:199::1", "fd00:199::2", 64, 1430
     BASE_BIN = args.base_bin
     PIN = args.pin
     RAW_GEN = args.raw_gen
+    GSO_GEN = args.gso_gen
     PROFILE = args.profile
     if args.busy_poll_us is not None:
         BUSY_POLL_US = args.busy_poll_us
@@ -671,7 +686,8 @@ def summary(runs, results):
     return (f"{r0['time']} — {r0['machine']}; medians of {reps} alternating runs{secs}; "
             f"median hypervisor steal {steal:.0%}"
             + ("; pinned: traffic on CPU 0, the switch on CPU 1" if r0.get("pinned") else "")
-            + ("; AF_PACKET generator" if r0.get("raw_gen") else "")
+            + ("; AF_PACKET generator" if r0.get("raw_gen")
+               else f"; generator: {r0['gso_gen']} datagrams per message" if r0.get("gso_gen", 1) > 1 else "")
             + ("; IPv6 underlay" if r0.get("underlay") == "ipv6" else "")
             + (f"; {noisy} of {len(runs)} run(s) noisy (busy before, or steal > 5%), see {results}" if noisy else ""))
 

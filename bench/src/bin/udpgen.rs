@@ -4,6 +4,13 @@
 //! `--size` is the Ethernet frame size without FCS (default 60, i.e. a 64-byte frame
 //! on the wire): UDP payload = size - 14 - 20 - 8.
 //!
+//! `--gso N` puts N datagrams in each message with UDP segmentation (`UDP_SEGMENT`):
+//! the sending stack runs once per N datagrams and cuts them into separate frames
+//! at the device — if the device cannot take UDP super-frames
+//! (`tx-udp-segmentation off`, which `bench/run.py --gso-gen` sets on the
+//! generator's veth), so that the switch under test still sees 64-byte frames.
+//! One core then offers several times more.
+//!
 //! `--raw IFACE --src IP --dst-mac MAC` sends the same datagrams as whole Ethernet
 //! frames on an AF_PACKET socket instead: no UDP/IP stack on the sending side, so one
 //! core offers far more (`bench/run.py --raw-gen`). The frames carry a complete UDP
@@ -28,6 +35,7 @@ fn main() {
     let secs: f64 = arg(&args, "--secs", 5.0);
     let size: usize = arg(&args, "--size", 60);
     let payload_len = size.saturating_sub(42).max(1);
+    let gso: usize = arg(&args, "--gso", 1);
     // One descriptor either way: the UDP socket, or a packet socket for whole frames.
     let (sock, payload): (OwnedFd, Vec<u8>) = match args.iter().position(|a| a == "--raw") {
         Some(_) => {
@@ -49,7 +57,21 @@ fn main() {
         None => {
             let udp = UdpSocket::bind("0.0.0.0:0").expect("bind");
             udp.connect(&dst).expect("connect");
-            (OwnedFd::from(udp), vec![0x5au8; payload_len])
+            if gso > 1 {
+                let seg = payload_len as libc::c_int;
+                // SAFETY: an int option of the right size for the call.
+                let r = unsafe {
+                    libc::setsockopt(
+                        udp.as_raw_fd(),
+                        libc::IPPROTO_UDP,
+                        vswitchd::netdev::sys::UDP_SEGMENT,
+                        &seg as *const libc::c_int as *const libc::c_void,
+                        std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                    )
+                };
+                assert!(r == 0, "UDP_SEGMENT: {}", std::io::Error::last_os_error());
+            }
+            (OwnedFd::from(udp), vec![0x5au8; payload_len * gso])
         }
     };
     let fd = sock.as_raw_fd();
@@ -63,6 +85,12 @@ fn main() {
         m.msg_hdr.msg_iov = v;
         m.msg_hdr.msg_iovlen = 1;
     }
+    // Datagrams per message (the raw generator's frames are whole, one each).
+    let per_msg = if args.iter().any(|a| a == "--raw") {
+        1
+    } else {
+        gso as u64
+    };
     let start = Instant::now();
     let end = Duration::from_secs_f64(secs);
     let mut sent: u64 = 0;
@@ -70,7 +98,7 @@ fn main() {
         // SAFETY: msgs point at BATCH iovecs over `payload`, alive for the call.
         let n = unsafe { libc::sendmmsg(fd, msgs.as_mut_ptr(), BATCH as u32, 0) };
         if n > 0 {
-            sent += n as u64;
+            sent += n as u64 * per_msg;
         }
     }
     println!(
