@@ -26,7 +26,7 @@ use std::ops::Range;
 
 use crate::checksum;
 use crate::gso::{PROTO_TCP, TCP_CWR, TCP_FIN, TCP_PSH, TCP_RST, TCP_SYN, TCP_URG};
-use crate::vnet_hdr::{VnetHdr, F_NEEDS_CSUM, GSO_TCPV4, GSO_TCPV6, VNET_HDR_LEN};
+use crate::vnet_hdr::{VnetHdr, F_NEEDS_CSUM, GSO_ECN, GSO_TCPV4, GSO_TCPV6, VNET_HDR_LEN};
 
 const ETH_LEN: usize = 14;
 
@@ -44,16 +44,19 @@ fn be32(b: &[u8], at: usize) -> u32 {
     u32::from_be_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
 }
 
-/// The first segment's inner layout.
-struct Layout {
-    v4: bool,
-    /// Where TCP starts in the inner frame.
-    l4: usize,
-    /// Inner headers: Ethernet, IP, TCP with options.
-    hl: usize,
+/// A TCP segment's layout (of the first segment, for a merge).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Layout {
+    pub(crate) v4: bool,
+    /// Where TCP starts in the frame.
+    pub(crate) l4: usize,
+    /// Headers: Ethernet, IP, TCP with options.
+    pub(crate) hl: usize,
 }
 
-fn layout(inner: &[u8]) -> Result<Layout, Unmergeable> {
+/// The layout of `inner`, an untagged Ethernet frame, if it is a TCP segment that
+/// may be merged (IPv4 not a fragment, IPv6 without extension headers).
+pub(crate) fn layout(inner: &[u8]) -> Result<Layout, Unmergeable> {
     if inner.len() < ETH_LEN + 40 {
         return Err(Unmergeable("too short"));
     }
@@ -97,7 +100,7 @@ fn layout(inner: &[u8]) -> Result<Layout, Unmergeable> {
 
 /// Whether inner frame `b` has the same headers as `a` where a merge needs them
 /// equal, with `a` laid out as `lay`.
-fn same_headers(a: &[u8], b: &[u8], lay: &Layout) -> bool {
+pub(crate) fn same_headers(a: &[u8], b: &[u8], lay: &Layout) -> bool {
     let l3 = ETH_LEN;
     let ip_same = if lay.v4 {
         // All but total length (2..4), ID (4..6) and checksum (10..12).
@@ -120,7 +123,7 @@ fn same_headers(a: &[u8], b: &[u8], lay: &Layout) -> bool {
 }
 
 /// The pseudo-header sum of a TCP segment of `l4_len` bytes in `inner`.
-fn pseudo(inner: &[u8], lay: &Layout, l4_len: usize) -> u64 {
+pub(crate) fn pseudo(inner: &[u8], lay: &Layout, l4_len: usize) -> u64 {
     checksum::pseudo_at(inner, ETH_LEN, lay.v4, PROTO_TCP, l4_len)
 }
 
@@ -226,36 +229,59 @@ pub fn merge_tcp(
         buf.copy_within(from..end, w);
         w += end - from;
     }
-    let inner = &mut buf[frame..w];
-    let l4_len = inner.len() - lay.l4;
-    if lay.v4 {
-        let l3 = ETH_LEN;
-        let tot = (inner.len() - l3) as u16;
-        inner[l3 + 2..l3 + 4].copy_from_slice(&tot.to_be_bytes());
-        inner[l3 + 10..l3 + 12].fill(0);
-        let c = checksum::checksum(&inner[l3..lay.l4]);
-        inner[l3 + 10..l3 + 12].copy_from_slice(&c.to_be_bytes());
-    } else {
-        inner[ETH_LEN + 4..ETH_LEN + 6].copy_from_slice(&(l4_len as u16).to_be_bytes());
-    }
-    inner[lay.l4 + 13] = flags0 | (last_flags & (TCP_PSH | TCP_FIN));
-    // A partial checksum, as a sender's stack leaves it: the pseudo-header's sum.
-    let partial = checksum::fold(pseudo(inner, &lay, l4_len));
-    inner[lay.l4 + 16..lay.l4 + 18].copy_from_slice(&partial.to_be_bytes());
-    let hdr = VnetHdr {
-        flags: F_NEEDS_CSUM,
-        gso_type: if lay.v4 { GSO_TCPV4 } else { GSO_TCPV6 },
-        hdr_len: hl as u16,
-        gso_size: mss as u16,
-        csum_start: lay.l4 as u16,
-        csum_offset: 16,
-    };
+    let flags = flags0 | (last_flags & (TCP_PSH | TCP_FIN));
+    let hdr = super_headers(
+        &mut buf[frame..frame + hl],
+        &lay,
+        w - frame - hl,
+        flags,
+        mss,
+    );
     let v = frame - VNET_HDR_LEN;
     hdr.emit((&mut buf[v..frame]).try_into().unwrap());
     Ok(Merged {
         frame: v..w,
         used: if m == n { len } else { m * seg },
     })
+}
+
+/// Turns `h`, the headers (Ethernet, IP, TCP) of a merge's first segment laid out as
+/// `lay`, into those of a super-frame of `payload` bytes cut at `mss`: IP length and
+/// IPv4 checksum, TCP `flags`, and a partial TCP checksum (the pseudo-header's sum,
+/// as a sending stack leaves it). Returns the super-frame's virtio-net header. The
+/// caller has checked that the IP length fits.
+pub(crate) fn super_headers(
+    h: &mut [u8],
+    lay: &Layout,
+    payload: usize,
+    flags: u8,
+    mss: usize,
+) -> VnetHdr {
+    let l4_len = lay.hl - lay.l4 + payload;
+    if lay.v4 {
+        let l3 = ETH_LEN;
+        let tot = (lay.hl - l3 + payload) as u16;
+        h[l3 + 2..l3 + 4].copy_from_slice(&tot.to_be_bytes());
+        h[l3 + 10..l3 + 12].fill(0);
+        let c = checksum::checksum(&h[l3..lay.l4]);
+        h[l3 + 10..l3 + 12].copy_from_slice(&c.to_be_bytes());
+    } else {
+        h[ETH_LEN + 4..ETH_LEN + 6].copy_from_slice(&(l4_len as u16).to_be_bytes());
+    }
+    h[lay.l4 + 13] = flags;
+    let partial = checksum::fold(pseudo(h, lay, l4_len));
+    h[lay.l4 + 16..lay.l4 + 18].copy_from_slice(&partial.to_be_bytes());
+    // CWR on the first segment: the cut must keep it there only (Linux's
+    // `tcp_gro_complete` says so the same way).
+    let ecn = if flags & TCP_CWR != 0 { GSO_ECN } else { 0 };
+    VnetHdr {
+        flags: F_NEEDS_CSUM,
+        gso_type: if lay.v4 { GSO_TCPV4 } else { GSO_TCPV6 } | ecn,
+        hdr_len: lay.hl as u16,
+        gso_size: mss as u16,
+        csum_start: lay.l4 as u16,
+        csum_offset: 16,
+    }
 }
 
 /// What a segment is checked against to join a merge.
@@ -367,7 +393,9 @@ mod tests {
         f.extend((0..payload).map(|i| (i * 7 + 3) as u8));
         let hdr = VnetHdr {
             flags: F_NEEDS_CSUM,
-            gso_type: if v4 { GSO_TCPV4 } else { GSO_TCPV6 },
+            // A sender's stack marks a super-frame with CWR as ECN.
+            gso_type: if v4 { GSO_TCPV4 } else { GSO_TCPV6 }
+                | if flags & TCP_CWR != 0 { GSO_ECN } else { 0 },
             hdr_len: (l4 + 32) as u16,
             gso_size: 1398,
             csum_start: l4 as u16,

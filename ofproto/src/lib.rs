@@ -21,6 +21,7 @@ pub mod mac;
 pub mod mac_learning;
 pub mod normal;
 pub mod rewrite;
+pub mod tcp_gso;
 pub mod tunnel;
 pub mod udp_gso;
 pub mod vlan;

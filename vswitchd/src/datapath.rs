@@ -38,7 +38,7 @@ use ofproto::mac_learning::{MacEntry, MacTable};
 use ofproto::normal::{normal, Normal};
 use ofproto::vlan::PortVlan;
 use ofproto::vnet_hdr::{VnetHdr, VNET_HDR_LEN};
-use ofproto::{gro, gso, udp_gso};
+use ofproto::{gro, gso, tcp_gso, udp_gso};
 use ofproto::{MacAddr, PortNo};
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
@@ -117,9 +117,10 @@ pub struct PortRt {
     pub stats: Arc<PortStats>,
 }
 
-/// Queued frames `start..end` of a port, leaving as one UDP GSO super-frame whose
-/// first `head_len` bytes (virtio-net header and frame headers) are in `udp_heads`.
-struct UdpRun {
+/// Queued frames `start..end` of a port, leaving as one UDP or TCP GSO super-frame
+/// whose first `head_len` bytes (virtio-net header and frame headers) are in
+/// `run_heads`.
+struct Run {
     start: usize,
     end: usize,
     head_len: usize,
@@ -130,6 +131,17 @@ struct UdpRun {
 /// The most UDP payload one super-frame carries: under both IPv4's limit (65507
 /// bytes) and IPv6's (65527), whatever the IP header.
 const UDP_RUN_MAX: usize = 65_535 - 40 - 8;
+
+/// Room for a run's headers, UDP's or TCP's.
+const RUN_HEAD_MAX: usize = tcp_gso::HEAD_MAX;
+const _: () = assert!(udp_gso::HEAD_MAX <= RUN_HEAD_MAX);
+
+/// What a queued frame is to [`Worker::plan_runs`].
+#[derive(Clone, Copy)]
+enum RunShape {
+    Udp(udp_gso::Shape),
+    Tcp(tcp_gso::Shape),
+}
 
 /// One frame queued for a port: its receive slot, its rewritten headers if any, and
 /// the outer tag it must leave with (`None`: untagged). The send path compares that
@@ -353,10 +365,10 @@ struct Worker {
     seg_items: Vec<u16>,
     /// Per range in `seg_ranges`, on a VXLAN port: its UDP source port.
     sports: Vec<u16>,
-    /// Runs of the queued frames being flushed that leave as one UDP GSO
+    /// Runs of the queued frames being flushed that leave as one UDP or TCP GSO
     /// super-frame, and each run's headers.
-    udp_runs: Vec<UdpRun>,
-    udp_heads: Vec<[u8; udp_gso::HEAD_MAX]>,
+    runs: Vec<Run>,
+    run_heads: Vec<[u8; RUN_HEAD_MAX]>,
     epoch: Instant,
     now: u64,
     last_expire: u64,
@@ -402,8 +414,8 @@ impl Worker {
             dests: Vec::with_capacity(PREALLOC_SEGMENTS),
             seg_items: Vec::with_capacity(PREALLOC_SEGMENTS),
             sports: Vec::with_capacity(PREALLOC_SEGMENTS),
-            udp_runs: Vec::with_capacity(4 * BATCH),
-            udp_heads: Vec::with_capacity(4 * BATCH),
+            runs: Vec::with_capacity(4 * BATCH),
+            run_heads: Vec::with_capacity(4 * BATCH),
             epoch: crate::pipeline::epoch(),
             now: 0,
             last_expire: 0,
@@ -1031,13 +1043,13 @@ impl Worker {
             }
             let (r, errors) = match &p.kind {
                 PortKind::Device(dev) if dev.takes_vnet_hdr() => {
-                    self.plan_udp_runs(&q);
+                    self.plan_runs(&q);
                     let mut tx = TxBatch::new(std::mem::take(&mut self.tx_store));
-                    let mut runs = self.udp_runs.iter().zip(&self.udp_heads).peekable();
+                    let mut runs = self.runs.iter().zip(&self.run_heads).peekable();
                     let mut i = 0;
                     while i < q.len() {
                         if let Some((run, head)) = runs.next_if(|(r, _)| r.start == i) {
-                            // The super-frame's headers, then each datagram's payload,
+                            // The super-frame's headers, then each frame's payload,
                             // which starts where the headers end in every slot.
                             let rx = &self.rx;
                             let payloads = q[run.start..run.end]
@@ -1100,16 +1112,15 @@ impl Worker {
         self.head_lens.clear();
     }
 
-    /// Finds the runs of queued frames `q` that can leave as one UDP GSO super-frame
-    /// (see [`ofproto::udp_gso`]) — consecutive datagrams of one flow and size, sent
-    /// as they arrived (no tag change, no rewritten headers) — and writes each run's
-    /// headers into `udp_heads`.
-    fn plan_udp_runs(&mut self, q: &[TxItem]) {
-        self.udp_runs.clear();
-        self.udp_heads.clear();
-        if !crate::netdev::sys::vnet_udp_gso() {
-            return;
-        }
+    /// Finds the runs of queued frames `q` that can leave as one super-frame —
+    /// consecutive datagrams of one UDP flow and size ([`ofproto::udp_gso`]), or
+    /// consecutive segments of one TCP stream ([`ofproto::tcp_gso`]), sent as they
+    /// arrived (no tag change, no rewritten headers) — and writes each run's headers
+    /// into `run_heads`.
+    fn plan_runs(&mut self, q: &[TxItem]) {
+        self.runs.clear();
+        self.run_heads.clear();
+        let udp = crate::netdev::sys::vnet_udp_gso();
         let (rx, retags) = (&self.rx, &self.retags);
         let shape = |k: usize| {
             let it = &q[k];
@@ -1119,7 +1130,11 @@ impl Worker {
             let slot = rx.slot(usize::from(it.slot));
             let hdr = VnetHdr::parse(slot[..VNET_HDR_LEN].try_into().unwrap());
             let frame = &slot[VNET_HDR_LEN..];
-            udp_gso::shape(frame, &hdr).map(|s| (frame, s))
+            let s = match udp.then(|| udp_gso::shape(frame, &hdr)).flatten() {
+                Some(u) => RunShape::Udp(u),
+                None => RunShape::Tcp(tcp_gso::shape(frame, &hdr)?),
+            };
+            Some((frame, s))
         };
         let mut i = 0;
         while i + 1 < q.len() {
@@ -1127,35 +1142,65 @@ impl Worker {
                 i += 1;
                 continue;
             };
-            let mut total = usize::from(sa.payload);
             let mut j = i + 1;
-            while j < q.len() && j - i < udp_gso::MAX_SEGMENTS {
-                let Some((b, sb)) = shape(j) else {
-                    break;
-                };
-                if !udp_gso::joins(a, &sa, b, &sb, j - i)
-                    || total + usize::from(sb.payload) > UDP_RUN_MAX
-                {
-                    break;
+            let mut head = [0u8; RUN_HEAD_MAX];
+            let planned = match sa {
+                RunShape::Udp(sa) => {
+                    let mut total = usize::from(sa.payload);
+                    while j < q.len() && j - i < udp_gso::MAX_SEGMENTS {
+                        let Some((b, RunShape::Udp(sb))) = shape(j) else {
+                            break;
+                        };
+                        if !udp_gso::joins(a, &sa, b, &sb, j - i)
+                            || total + usize::from(sb.payload) > UDP_RUN_MAX
+                        {
+                            break;
+                        }
+                        total += usize::from(sb.payload);
+                        j += 1;
+                        if sb.payload < sa.payload {
+                            break;
+                        }
+                    }
+                    let h = (&mut head[..udp_gso::HEAD_MAX]).try_into().unwrap();
+                    (j - i >= 2)
+                        .then(|| udp_gso::super_head(a, &sa, total, h))
+                        .flatten()
+                        .map(|len| (len, sa.head_len()))
                 }
-                total += usize::from(sb.payload);
-                j += 1;
-                if sb.payload < sa.payload {
-                    break;
+                RunShape::Tcp(sa) => {
+                    let mut total = usize::from(sa.payload);
+                    // What one IP length field holds (IPv4's, the smaller).
+                    let max = 0xffff - (sa.head_len() - 14);
+                    let mut last = sa;
+                    while j < q.len() && j - i < tcp_gso::MAX_SEGMENTS && !last.ends_run(&sa) {
+                        let Some((b, RunShape::Tcp(sb))) = shape(j) else {
+                            break;
+                        };
+                        if !tcp_gso::joins(a, &sa, b, &sb, j - i, total)
+                            || total + usize::from(sb.payload) > max
+                        {
+                            break;
+                        }
+                        total += usize::from(sb.payload);
+                        last = sb;
+                        j += 1;
+                    }
+                    (j - i >= 2)
+                        .then(|| tcp_gso::super_head(a, &sa, total, &last, &mut head))
+                        .flatten()
+                        .map(|len| (len, sa.head_len()))
                 }
-            }
-            let mut head = [0u8; udp_gso::HEAD_MAX];
-            if j - i >= 2 {
-                if let Some(head_len) = udp_gso::super_head(a, &sa, total, &mut head) {
-                    let n = j - i;
-                    self.udp_heads.push(head);
-                    self.udp_runs.push(UdpRun {
-                        start: i,
-                        end: j,
-                        head_len,
-                        extra: ((n - 1) * (VNET_HDR_LEN + sa.head_len())) as u32,
-                    });
-                }
+            };
+            if let Some((head_len, frame_head)) = planned {
+                let n = j - i;
+                self.run_heads.push(head);
+                self.runs.push(Run {
+                    start: i,
+                    end: j,
+                    head_len,
+                    extra: ((n - 1) * (VNET_HDR_LEN + frame_head)) as u32,
+                });
             }
             i = j;
         }
