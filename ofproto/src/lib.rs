@@ -17,6 +17,7 @@ pub mod flow_cache;
 pub mod flow_syntax;
 pub mod gro;
 pub mod gso;
+pub mod gso_runs;
 pub mod mac;
 pub mod mac_learning;
 pub mod normal;

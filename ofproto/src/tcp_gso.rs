@@ -213,47 +213,33 @@ mod tests {
         VnetHdr::default()
     }
 
-    /// Plans runs over `frames` as the datapath does, builds each super-frame and
-    /// cuts it with the kernel's rules (our own segmentation): the frames the
-    /// receiver would get.
+    /// Plans runs over `frames` as the datapath does ([`crate::gso_runs::plan`]),
+    /// builds each super-frame and cuts it with the kernel's rules (our own
+    /// segmentation): the frames the receiver would get.
     fn round_trip(frames: &[Vec<u8>]) -> Vec<Vec<u8>> {
-        let shapes: Vec<_> = frames.iter().map(|f| shape(f, &complete())).collect();
+        let mut runs = Vec::new();
+        let shape = |k: usize| {
+            let f: &[u8] = &frames[k];
+            crate::gso_runs::RunShape::of(f, &complete(), true).map(|s| (f, s))
+        };
+        crate::gso_runs::plan(frames.len(), shape, |r, head, len| {
+            runs.push((r, head[..len].to_vec()))
+        });
         let mut out = Vec::new();
         let mut i = 0;
-        while i < frames.len() {
-            let Some(sa) = shapes[i] else {
-                out.push(frames[i].clone());
-                i += 1;
-                continue;
-            };
-            let (mut j, mut total) = (i + 1, usize::from(sa.payload));
-            let mut last = sa;
-            while j < frames.len() && j - i < MAX_SEGMENTS && !last.ends_run(&sa) {
-                let Some(sb) = shapes[j] else { break };
-                if !joins(&frames[i], &sa, &frames[j], &sb, j - i, total) {
-                    break;
-                }
-                total += usize::from(sb.payload);
-                last = sb;
-                j += 1;
-            }
-            if j - i < 2 {
-                out.push(frames[i].clone());
-                i += 1;
-                continue;
-            }
-            let mut head = [0u8; HEAD_MAX];
-            let n = super_head(&frames[i], &sa, total, &last, &mut head).unwrap();
+        for (r, head) in runs {
+            out.extend(frames[i..r.start].iter().cloned());
             let hdr = VnetHdr::parse(head[..VNET_HDR_LEN].try_into().unwrap());
-            let mut sup = head[VNET_HDR_LEN..n].to_vec();
-            for f in &frames[i..j] {
-                sup.extend_from_slice(&f[sa.head_len()..]);
+            let mut sup = head[VNET_HDR_LEN..].to_vec();
+            for f in &frames[r.clone()] {
+                sup.extend_from_slice(&f[head.len() - VNET_HDR_LEN..]);
             }
             let (mut buf, mut segs) = (Vec::new(), Vec::new());
             gso::segment(&sup, &hdr, &mut buf, &mut segs).unwrap();
             out.extend(segs.into_iter().map(|r| buf[r].to_vec()));
-            i = j;
+            i = r.end;
         }
+        out.extend(frames[i..].iter().cloned());
         out
     }
 

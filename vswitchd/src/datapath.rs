@@ -34,11 +34,12 @@ use std::thread::JoinHandle;
 use std::time::Instant;
 
 use ofproto::ethernet::EthernetFrame;
+use ofproto::gso_runs::{self, RunShape};
 use ofproto::mac_learning::{MacEntry, MacTable};
 use ofproto::normal::{normal, Normal};
 use ofproto::vlan::PortVlan;
 use ofproto::vnet_hdr::{VnetHdr, VNET_HDR_LEN};
-use ofproto::{gro, gso, tcp_gso, udp_gso};
+use ofproto::{gro, gso};
 use ofproto::{MacAddr, PortNo};
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
@@ -126,21 +127,6 @@ struct Run {
     head_len: usize,
     /// Bytes the frames would have taken as separate messages beyond the run's.
     extra: u32,
-}
-
-/// The most UDP payload one super-frame carries: under both IPv4's limit (65507
-/// bytes) and IPv6's (65527), whatever the IP header.
-const UDP_RUN_MAX: usize = 65_535 - 40 - 8;
-
-/// Room for a run's headers, UDP's or TCP's.
-const RUN_HEAD_MAX: usize = tcp_gso::HEAD_MAX;
-const _: () = assert!(udp_gso::HEAD_MAX <= RUN_HEAD_MAX);
-
-/// What a queued frame is to [`Worker::plan_runs`].
-#[derive(Clone, Copy)]
-enum RunShape {
-    Udp(udp_gso::Shape),
-    Tcp(tcp_gso::Shape),
 }
 
 /// One frame queued for a port: its receive slot, its rewritten headers if any, and
@@ -368,7 +354,7 @@ struct Worker {
     /// Runs of the queued frames being flushed that leave as one UDP or TCP GSO
     /// super-frame, and each run's headers.
     runs: Vec<Run>,
-    run_heads: Vec<[u8; RUN_HEAD_MAX]>,
+    run_heads: Vec<[u8; gso_runs::HEAD_MAX]>,
     epoch: Instant,
     now: u64,
     last_expire: u64,
@@ -1130,80 +1116,19 @@ impl Worker {
             let slot = rx.slot(usize::from(it.slot));
             let hdr = VnetHdr::parse(slot[..VNET_HDR_LEN].try_into().unwrap());
             let frame = &slot[VNET_HDR_LEN..];
-            let s = match udp.then(|| udp_gso::shape(frame, &hdr)).flatten() {
-                Some(u) => RunShape::Udp(u),
-                None => RunShape::Tcp(tcp_gso::shape(frame, &hdr)?),
-            };
-            Some((frame, s))
+            RunShape::of(frame, &hdr, udp).map(|s| (frame, s))
         };
-        let mut i = 0;
-        while i + 1 < q.len() {
-            let Some((a, sa)) = shape(i) else {
-                i += 1;
-                continue;
-            };
-            let mut j = i + 1;
-            let mut head = [0u8; RUN_HEAD_MAX];
-            let planned = match sa {
-                RunShape::Udp(sa) => {
-                    let mut total = usize::from(sa.payload);
-                    while j < q.len() && j - i < udp_gso::MAX_SEGMENTS {
-                        let Some((b, RunShape::Udp(sb))) = shape(j) else {
-                            break;
-                        };
-                        if !udp_gso::joins(a, &sa, b, &sb, j - i)
-                            || total + usize::from(sb.payload) > UDP_RUN_MAX
-                        {
-                            break;
-                        }
-                        total += usize::from(sb.payload);
-                        j += 1;
-                        if sb.payload < sa.payload {
-                            break;
-                        }
-                    }
-                    let h = (&mut head[..udp_gso::HEAD_MAX]).try_into().unwrap();
-                    (j - i >= 2)
-                        .then(|| udp_gso::super_head(a, &sa, total, h))
-                        .flatten()
-                        .map(|len| (len, sa.head_len()))
-                }
-                RunShape::Tcp(sa) => {
-                    let mut total = usize::from(sa.payload);
-                    // What one IP length field holds (IPv4's, the smaller).
-                    let max = 0xffff - (sa.head_len() - 14);
-                    let mut last = sa;
-                    while j < q.len() && j - i < tcp_gso::MAX_SEGMENTS && !last.ends_run(&sa) {
-                        let Some((b, RunShape::Tcp(sb))) = shape(j) else {
-                            break;
-                        };
-                        if !tcp_gso::joins(a, &sa, b, &sb, j - i, total)
-                            || total + usize::from(sb.payload) > max
-                        {
-                            break;
-                        }
-                        total += usize::from(sb.payload);
-                        last = sb;
-                        j += 1;
-                    }
-                    (j - i >= 2)
-                        .then(|| tcp_gso::super_head(a, &sa, total, &last, &mut head))
-                        .flatten()
-                        .map(|len| (len, sa.head_len()))
-                }
-            };
-            if let Some((head_len, frame_head)) = planned {
-                let n = j - i;
-                self.run_heads.push(head);
-                self.runs.push(Run {
-                    start: i,
-                    end: j,
-                    head_len,
-                    extra: ((n - 1) * (VNET_HDR_LEN + frame_head)) as u32,
-                });
-            }
-            i = j;
-        }
+        let (runs, heads) = (&mut self.runs, &mut self.run_heads);
+        gso_runs::plan(q.len(), shape, |frames, head, head_len| {
+            heads.push(*head);
+            runs.push(Run {
+                // Each frame but the first would have carried these headers too.
+                extra: ((frames.len() - 1) * head_len) as u32,
+                start: frames.start,
+                end: frames.end,
+                head_len,
+            });
+        });
     }
 
     /// Sends the finished frames in `seg_buf` (see [`Worker::finish`]) on tunnel `t`,
