@@ -17,7 +17,8 @@
 //! the same). Checksums are trusted only where the kernel vouches for them (partial
 //! or validated); otherwise each datagram's is checked first, so that a corrupt one
 //! is never given a fresh checksum; a datagram without one (IPv4, checksum 0) does
-//! not join, since the segmentation would add one.
+//! not join, since the segmentation would add one. The IPv4 header checksum is always
+//! checked (Linux's GRO does too).
 
 use crate::checksum;
 use crate::vnet_hdr::{VnetHdr, F_DATA_VALID, F_NEEDS_CSUM, GSO_NONE, GSO_UDP_L4, VNET_HDR_LEN};
@@ -69,6 +70,10 @@ pub fn shape(frame: &[u8], hdr: &VnetHdr) -> Option<Shape> {
                 return None;
             }
             if usize::from(be16(ip, 2)) != frame.len() - l3 {
+                return None;
+            }
+            // The cut writes a fresh header checksum: a wrong one must not be hidden.
+            if checksum::checksum(ip) != 0 {
                 return None;
             }
             (true, l3 + 20, ip[6] & 0x40 != 0, be16(ip, 4))
@@ -298,9 +303,32 @@ mod tests {
         };
         refused(&|g| g[60 - 1] ^= 1, complete(), "bad checksum");
         refused(&|g| g[40..42].fill(0), complete(), "no checksum (IPv4)");
-        refused(&|g| g[20] |= 0x20, complete(), "a fragment");
+        // Header changes keep the IPv4 header checksum right, so that each case
+        // is refused for its own reason.
+        let fix_ip = |g: &mut Vec<u8>| {
+            g[24..26].fill(0);
+            let c = checksum::checksum(&g[14..34]);
+            g[24..26].copy_from_slice(&c.to_be_bytes());
+        };
+        refused(
+            &|g| {
+                g[20] |= 0x20;
+                fix_ip(g)
+            },
+            complete(),
+            "a fragment",
+        );
+        // TTL changed: the UDP checksum still holds, the IPv4 header's does not.
+        refused(&|g| g[22] ^= 1, complete(), "bad IPv4 header checksum");
         refused(&|g| g.push(0), complete(), "padding");
-        refused(&|g| g[23] = 6, complete(), "not UDP");
+        refused(
+            &|g| {
+                g[23] = 6;
+                fix_ip(g)
+            },
+            complete(),
+            "not UDP",
+        );
         refused(&|g| g.truncate(42), complete(), "no payload");
         refused(
             &|g| g.splice(12..12, [0x81, 0, 0, 10]).for_each(drop),
@@ -339,6 +367,7 @@ mod tests {
         for (at, v) in [(36, 0x99), (15, 0x20)] {
             let mut g = datagram(false, 1, 18, 2, true);
             g[at] = v;
+            fix_ip(&mut g);
             let sg = shape(
                 &g,
                 &VnetHdr {
