@@ -91,11 +91,26 @@ pub(crate) fn layout(inner: &[u8]) -> Result<Layout, Unmergeable> {
     if th < 20 || inner.len() < l4 + th {
         return Err(Unmergeable("bad TCP header"));
     }
+    if v4 && !ipv4_header_ok(inner, l4) {
+        return Err(Unmergeable("bad IPv4 header checksum"));
+    }
     Ok(Layout {
         v4,
         l4,
         hl: l4 + th,
     })
+}
+
+/// Whether the IPv4 header of `inner` (up to `l4`) has a right checksum. A merge
+/// writes a fresh one, so a wrong one must be caught before (Linux's GRO does too).
+fn ipv4_header_ok(inner: &[u8], l4: usize) -> bool {
+    checksum::checksum(&inner[ETH_LEN..l4]) == 0
+}
+
+/// Whether the TCP checksum of segment `inner`, laid out as `lay`, is right.
+pub(crate) fn tcp_checksum_ok(inner: &[u8], lay: &Layout) -> bool {
+    let l4_len = inner.len() - lay.l4;
+    checksum::finish(checksum::add(pseudo(inner, lay, l4_len), &inner[lay.l4..])) == 0
 }
 
 /// Whether inner frame `b` has the same headers as `a` where a merge needs them
@@ -325,9 +340,10 @@ fn joins(s: &[u8], k: usize, last: bool, seq: u32, c: &JoinCtx<'_>) -> Result<()
     if f & !(TCP_CWR | TCP_PSH | TCP_FIN) != c.base_flags || (f & TCP_CWR != 0 && k != 0) {
         return Err(Unmergeable("flags"));
     }
-    let l4_len = inner.len() - lay.l4;
-    let sum = checksum::add(pseudo(inner, lay, l4_len), &inner[lay.l4..]);
-    if checksum::finish(sum) != 0 {
+    if lay.v4 && !ipv4_header_ok(inner, lay.l4) {
+        return Err(Unmergeable("bad IPv4 header checksum"));
+    }
+    if !tcp_checksum_ok(inner, lay) {
         return Err(Unmergeable("bad TCP checksum"));
     }
     Ok(())
